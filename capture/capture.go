@@ -112,8 +112,15 @@ type SnapshotMark struct {
 	End     bool
 	Records []string
 	// Initial says this is the source's first load (emission backfill,
-	// operation snapshot) rather than a reconcile.
+	// operation snapshot).
 	Initial bool
+	// Reconcile says the run repairs drift (on demand, periodically, after
+	// an epoch break) rather than being the source's regular feed (a new
+	// dated export): events are emitted as `reconcile` and deletions get
+	// reason reconciliation-missing. Runs delivered through
+	// Snapshotter.Snapshot and runs after an EpochBreak are always
+	// reconciles.
+	Reconcile bool
 }
 
 // Sink receives batches from a source. Apply returns once the batch is
@@ -135,6 +142,13 @@ type Source interface {
 // (connector snapshot). The batches must be framed by a SnapshotMark.
 type Snapshotter interface {
 	Snapshot(ctx context.Context, sink Sink) error
+}
+
+// RowKeeper is a source whose changes may omit columns (Change.Unchanged,
+// key-only deletes): the engine then keeps each record's raw row to
+// complete them.
+type RowKeeper interface {
+	KeepsRows() bool
 }
 
 // Checker is a source that can test its connection and server settings

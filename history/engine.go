@@ -1,0 +1,746 @@
+package history
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/mapping"
+	"github.com/os2sandbox/connector/state"
+)
+
+// ErrDeletionGuard is returned when a snapshot would delete more live
+// objects than the source's guard allows; nothing of it was applied.
+var ErrDeletionGuard = errors.New("deletion guard tripped")
+
+// Guard limits how many live objects one snapshot may delete: it trips
+// when deletions > max(MaxShare × live, MinCount), unless Override.
+type Guard struct {
+	MaxShare float64 `yaml:"max_share"`
+	MinCount int     `yaml:"min_count"`
+	Override bool    `yaml:"-"`
+}
+
+// DefaultGuard is 10% and at least 100.
+var DefaultGuard = Guard{MaxShare: 0.10, MinCount: 100}
+
+// Limit is the most deletions the guard allows out of live objects.
+func (g Guard) Limit(live int) int {
+	share := int(g.MaxShare * float64(live))
+	return max(share, g.MinCount)
+}
+
+// SourceInfo describes a source to the engine.
+type SourceInfo struct {
+	Name string
+	Type string
+	// ID is the register's stable URI (source.id in events).
+	ID string
+	// ChangeTime names the source of valid time when a mapping has no
+	// valid-time field: "commit-time", "whenChanged", ...
+	ChangeTime string
+	Guard      Guard
+	KeepRows   bool
+}
+
+// Image is the current image of one object.
+type Image struct {
+	Source  string            `json:"source"`
+	Record  string            `json:"record"`
+	Version uint64            `json:"version"`
+	Deleted bool              `json:"deleted,omitempty"`
+	Hash    string            `json:"hash"`
+	Fields  map[string]any    `json:"fields"`
+	Keys    map[string]string `json:"keys,omitempty"`
+	Row     map[string]any    `json:"row,omitempty"`
+	RegFra  Time              `json:"registreringFra"`
+	VirkFra Time              `json:"virkningFra"`
+	EventID string            `json:"eventId"`
+	// Open lists the versions not yet closed (RegTil nil), so a new
+	// registration never has to read the object's whole history.
+	Open []uint64 `json:"open"`
+}
+
+// SourceState is what the engine keeps per source.
+type SourceState struct {
+	Epoch       uint64 `json:"epoch"`
+	EpochReason string `json:"epochReason,omitempty"`
+	Checkpoint  []byte `json:"checkpoint,omitempty"`
+	Position    string `json:"position,omitempty"`
+	LastChange  *Time  `json:"lastChange,omitempty"`
+	LastApplied *Time  `json:"lastApplied,omitempty"`
+	MappingHash string `json:"mappingHash,omitempty"`
+	Events      uint64 `json:"events"`
+	Quarantined uint64 `json:"quarantined"`
+	// PendingReconcile is set when continuity broke and a reconcile has
+	// not completed yet.
+	PendingReconcile bool `json:"pendingReconcile,omitempty"`
+}
+
+// Options configure an Engine.
+type Options struct {
+	// Clock gives registration time; default time.Now.
+	Clock func() time.Time
+	Log   *slog.Logger
+	// Committed is called after each commit that appended events, with
+	// the last sequence (wakes the dispatcher). Must not block.
+	Committed func(last uint64)
+	// ChunkSize is how many staged objects one apply transaction takes.
+	ChunkSize int
+}
+
+// Engine derives events from changes and commits them with images,
+// versions and checkpoints, one write transaction per batch.
+type Engine struct {
+	db   *state.DB
+	maps *mapping.Set
+	ns   uuid.UUID
+	opt  Options
+
+	mu      sync.Mutex // serialises registration time and commits
+	lastReg time.Time
+}
+
+// New returns an engine over db.
+func New(db *state.DB, maps *mapping.Set, opt Options) (*Engine, error) {
+	ns, err := uuid.Parse(db.Installation())
+	if err != nil {
+		return nil, fmt.Errorf("state installation id: %w", err)
+	}
+	if opt.Clock == nil {
+		opt.Clock = time.Now
+	}
+	if opt.Log == nil {
+		opt.Log = slog.Default()
+	}
+	if opt.ChunkSize == 0 {
+		opt.ChunkSize = 2000
+	}
+	return &Engine{db: db, maps: maps, ns: ns, opt: opt}, nil
+}
+
+// DB returns the engine's state.
+func (e *Engine) DB() *state.DB { return e.db }
+
+// Mappings returns the engine's mappings.
+func (e *Engine) Mappings() *mapping.Set { return e.maps }
+
+// now returns a registration time that never goes backwards, even if the
+// wall clock does (per object it is also kept strictly increasing).
+func (e *Engine) now() time.Time {
+	t := e.opt.Clock().UTC().Truncate(time.Microsecond)
+	if !t.After(e.lastReg) {
+		t = e.lastReg.Add(time.Microsecond)
+	}
+	e.lastReg = t
+	return t
+}
+
+// eventID is the deterministic id of a change to an object.
+func (e *Engine) eventID(source string, epoch uint64, changeKey, typ, id string) string {
+	name := source + "\x00" + strconv.FormatUint(epoch, 10) + "\x00" + changeKey + "\x00" + typ + "\x00" + id
+	return uuid.NewSHA1(e.ns, []byte(name)).String()
+}
+
+// MappingHash fingerprints the mappings of a source's records, so a change
+// of mapping is detected at start.
+func MappingHash(maps *mapping.Set, source string) string {
+	var cfgs []mapping.Config
+	for _, r := range maps.Records(source) {
+		for _, m := range maps.ForRecord(source, r) {
+			cfgs = append(cfgs, m.Config)
+		}
+	}
+	b, _ := json.Marshal(cfgs)
+	return ContentHash(map[string]any{"m": string(b)})
+}
+
+// LoadSource returns a source's stored state (zero if none).
+func LoadSource(tx *state.Tx, name string) (SourceState, error) {
+	var s SourceState
+	if v := tx.Get(state.Checkpoints, []byte(name)); v != nil {
+		if err := json.Unmarshal(v, &s); err != nil {
+			return s, fmt.Errorf("%w: source %q checkpoint: %v", state.ErrCorrupt, name, err)
+		}
+	}
+	return s, nil
+}
+
+func saveSource(tx *state.Tx, name string, s SourceState) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return tx.Put(state.Checkpoints, []byte(name), b)
+}
+
+func imageKey(typ, id string) []byte { return state.Key(typ, id) }
+
+func loadImage(tx *state.Tx, typ, id string) (*Image, error) {
+	v := tx.Get(state.Images, imageKey(typ, id))
+	if v == nil {
+		return nil, nil
+	}
+	var img Image
+	if err := json.Unmarshal(v, &img); err != nil {
+		return nil, fmt.Errorf("%w: image %s/%s: %v", state.ErrCorrupt, typ, id, err)
+	}
+	return &img, nil
+}
+
+func putJSON(tx *state.Tx, b state.Bucket, key []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Put(b, key, data)
+}
+
+func versionKey(typ, id string, v uint64) []byte {
+	return append(state.Key(typ, id, ""), state.U64(v)...)
+}
+
+func loadVersion(tx *state.Tx, typ, id string, n uint64) (*Version, error) {
+	v := tx.Get(state.Versions, versionKey(typ, id, n))
+	if v == nil {
+		return nil, fmt.Errorf("%w: version %d of %s/%s missing", state.ErrCorrupt, n, typ, id)
+	}
+	var ver Version
+	if err := json.Unmarshal(v, &ver); err != nil {
+		return nil, fmt.Errorf("%w: version %d of %s/%s: %v", state.ErrCorrupt, n, typ, id, err)
+	}
+	return &ver, nil
+}
+
+// Versions returns an object's versions in order.
+func Versions(tx *state.Tx, typ, id string) ([]*Version, error) {
+	var out []*Version
+	err := tx.Scan(state.Versions, state.Key(typ, id, ""), func(_, v []byte) error {
+		var ver Version
+		if err := json.Unmarshal(v, &ver); err != nil {
+			return fmt.Errorf("%w: versions of %s/%s: %v", state.ErrCorrupt, typ, id, err)
+		}
+		out = append(out, &ver)
+		return nil
+	})
+	return out, err
+}
+
+// LoadImage returns an object's current image, or nil.
+func LoadImage(tx *state.Tx, typ, id string) (*Image, error) { return loadImage(tx, typ, id) }
+
+// batchCtx carries what one transaction needs.
+type batchCtx struct {
+	tx       *state.Tx
+	src      *SourceInfo
+	ss       *SourceState
+	seq      uint64
+	txid     string
+	emission string
+	reconcile bool
+	initial  bool
+	events   int
+}
+
+// change is a mapped object on its way to becoming an event.
+type change struct {
+	rec       string
+	obj       mapping.Object
+	row       map[string]any
+	changedAt time.Time
+	position  string
+	changeKey string
+	reason    string
+}
+
+func (e *Engine) begin(tx *state.Tx, src *SourceInfo, txid string) (*batchCtx, error) {
+	ss, err := LoadSource(tx, src.Name)
+	if err != nil {
+		return nil, err
+	}
+	var seq uint64
+	if k, _ := tx.Last(state.Log); k != nil {
+		seq = state.ParseU64(k)
+	}
+	return &batchCtx{tx: tx, src: src, ss: &ss, seq: seq, txid: txid, emission: EmissionLive}, nil
+}
+
+// upsert registers obj as existing now; it emits create, update, undelete
+// or nothing.
+func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
+	img, err := loadImage(bc.tx, c.obj.Type, c.obj.ID)
+	if err != nil {
+		return err
+	}
+	hash := ContentHash(c.obj.Fields)
+	virkFra, kilde := c.obj.ValidFrom, c.obj.ValidSource
+	if virkFra.IsZero() {
+		virkFra, kilde = c.changedAt, bc.src.ChangeTime
+		if virkFra.IsZero() {
+			kilde = "observed"
+		}
+	}
+	op, kind, reason := OpCreate, KindAendring, ""
+	switch {
+	case img == nil:
+		if bc.initial {
+			op, kind = OpSnapshot, KindUoplyst
+		}
+	case img.Deleted:
+		op, reason = OpUndelete, c.reason
+		if reason == "" {
+			reason = ReasonRestored
+		}
+	default:
+		sameVirk := c.obj.ValidSource == "" || img.VirkFra.Equal(virkFra.UTC().Truncate(time.Microsecond))
+		if img.Hash == hash && sameVirk && maps.Equal(img.Keys, c.obj.Keys) {
+			if bc.src.KeepRows && c.row != nil {
+				img.Row = c.row
+				return putJSON(bc.tx, state.Images, imageKey(c.obj.Type, c.obj.ID), img)
+			}
+			return nil
+		}
+		op = OpUpdate
+	}
+	if op == OpCreate && c.reason != "" {
+		reason = c.reason
+	}
+	return e.register(bc, m, img, c, registration{
+		op: op, kind: kind, reason: reason, fields: c.obj.Fields, hash: hash,
+		virkFra: virkFra, virkTil: c.obj.ValidTo, kilde: kilde,
+	})
+}
+
+// remove registers the object as deleted.
+func (e *Engine) remove(bc *batchCtx, m *mapping.Mapping, img *Image, c change) error {
+	if img == nil || img.Deleted {
+		return nil
+	}
+	reason := c.reason
+	if reason == "" {
+		reason = ReasonDeletedInSource
+		if bc.reconcile {
+			reason = ReasonReconciliationMissing
+		}
+	}
+	virkFra, kilde := c.changedAt, bc.src.ChangeTime
+	if virkFra.IsZero() {
+		kilde = "observed"
+	}
+	return e.register(bc, m, img, c, registration{
+		op: OpDelete, kind: KindAendring, reason: reason, hash: img.Hash,
+		virkFra: virkFra, kilde: kilde, deleted: true,
+	})
+}
+
+type registration struct {
+	op, kind, reason string
+	fields           map[string]any
+	hash             string
+	virkFra          time.Time
+	virkTil          *time.Time
+	kilde            string
+	deleted          bool
+}
+
+// register appends a version and its event, closing the registrations it
+// hides. It is the only place that writes versions and log events.
+func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change, r registration) error {
+	tx := bc.tx
+	typ, id := c.obj.Type, c.obj.ID
+	now := e.now()
+	if img != nil && !now.After(img.RegFra.Time) {
+		now = img.RegFra.Add(time.Microsecond)
+	}
+	var prevVersion uint64
+	var prevHash string
+	var before map[string]any
+	if img != nil {
+		prevVersion, prevHash = img.Version, img.Hash
+		if !img.Deleted {
+			before = img.Fields
+		}
+	}
+	if r.virkFra.IsZero() {
+		r.virkFra = now
+	}
+	changeKey := c.changeKey
+	if changeKey == "" {
+		// A snapshot-derived change: content and predecessor identify it,
+		// so re-deriving it after a crash gives the same id.
+		changeKey = "snapshot:" + r.op + ":" + r.hash + ":" + strconv.FormatUint(prevVersion, 10)
+	}
+	bc.seq++
+	v := &Version{
+		Version:   prevVersion + 1,
+		EventID:   e.eventID(bc.src.Name, bc.ss.Epoch, changeKey, typ, id),
+		Sequence:  bc.seq,
+		Operation: r.op,
+		RegFra:    At(now),
+		VirkFra:   At(r.virkFra),
+		VirkKilde: r.kilde,
+		Deleted:   r.deleted,
+		Hash:      r.hash,
+	}
+	if !r.deleted {
+		v.Fields = r.fields
+	}
+	if r.virkTil != nil {
+		v.VirkTil = Ptr(*r.virkTil)
+	}
+	var open []*Version
+	if img != nil {
+		for _, n := range img.Open {
+			ov, err := loadVersion(tx, typ, id, n)
+			if err != nil {
+				return err
+			}
+			open = append(open, ov)
+		}
+	}
+	kind, hidden := Classify(open, v)
+	if r.kind == KindUoplyst {
+		kind = KindUoplyst
+	}
+	v.ChangeKind = kind
+	var supersedes []Superseded
+	closed := map[uint64]bool{}
+	for _, h := range hidden {
+		h.RegTil = Ptr(now)
+		closed[h.Version] = true
+		v.Supersedes = append(v.Supersedes, h.Version)
+		if kind != KindAendring {
+			supersedes = append(supersedes, Superseded{EventID: h.EventID, RegistreringFra: h.RegFra, VirkningFra: h.VirkFra, VirkningTil: h.VirkTil})
+		}
+		if err := putJSON(tx, state.Versions, versionKey(typ, id, h.Version), h); err != nil {
+			return err
+		}
+	}
+	if err := putJSON(tx, state.Versions, versionKey(typ, id, v.Version), v); err != nil {
+		return err
+	}
+	ni := &Image{Source: bc.src.Name, Record: c.rec, Version: v.Version, Deleted: r.deleted, Hash: r.hash,
+		RegFra: v.RegFra, VirkFra: v.VirkFra, EventID: v.EventID}
+	if img != nil {
+		ni.Open = slices.DeleteFunc(slices.Clone(img.Open), func(n uint64) bool { return closed[n] })
+		ni.Keys, ni.Fields, ni.Row = img.Keys, img.Fields, img.Row
+	}
+	ni.Open = append(ni.Open, v.Version)
+	if !r.deleted {
+		ni.Fields, ni.Keys = r.fields, c.obj.Keys
+		if bc.src.KeepRows && c.row != nil {
+			ni.Row = c.row
+		}
+	} else {
+		ni.Row = nil
+	}
+	if err := putJSON(tx, state.Images, imageKey(typ, id), ni); err != nil {
+		return err
+	}
+	after := v.Fields
+	ev := Event{
+		SchemaVersion: SchemaVersion,
+		EventID:       v.EventID,
+		Sequence:      v.Sequence,
+		Emission:      bc.emission,
+		Source:        SourceRef{Name: bc.src.Name, Type: bc.src.Type, ID: bc.src.ID, Epoch: bc.ss.Epoch, Position: c.position},
+		Object:        ObjectRef{Type: typ, ID: id, Keys: ni.Keys, Version: v.Version},
+		Operation:     r.op,
+		Reason:        r.reason,
+		ChangeKind:    kind,
+		Supersedes:    supersedes,
+		Bitemporal: Bitemporal{
+			RegistreringFra:     v.RegFra,
+			Registreringsaktoer: "connector/" + bc.src.Name,
+			VirkningFra:         v.VirkFra,
+			VirkningTil:         v.VirkTil,
+			Virkningsaktoer:     bc.src.Name,
+			VirkningKilde:       r.kilde,
+		},
+		Before:     before,
+		After:      after,
+		Changed:    changedFields(before, after),
+		Trace:      Trace{TransactionID: bc.txid},
+		ObservedAt: At(now),
+		Integrity:  Integrity{ContentHash: r.hash, PrevContentHash: prevHash},
+	}
+	if r.deleted {
+		ev.Bitemporal.Status = "slettet"
+	}
+	if !c.changedAt.IsZero() {
+		ev.SourceChangedAt = Ptr(c.changedAt)
+	}
+	if m != nil {
+		ev.Classification = Classification{
+			Dataclassification:       m.Classification,
+			Datacategory:             m.Category,
+			Dataregulation:           m.Regulation,
+			Sikkerhedsklassificering: m.Sikkerhed,
+		}
+	}
+	if err := putJSON(tx, state.Log, state.U64(v.Sequence), &ev); err != nil {
+		return err
+	}
+	bc.events++
+	bc.ss.Events++
+	if !c.changedAt.IsZero() {
+		bc.ss.LastChange = Ptr(c.changedAt)
+	}
+	return nil
+}
+
+// changedFields lists the sorted names whose values differ.
+func changedFields(before, after map[string]any) []string {
+	out := []string{}
+	for k, v := range after {
+		if b, ok := before[k]; !ok || !jsonEqual(b, v) {
+			if before == nil && v == nil {
+				continue
+			}
+			out = append(out, k)
+		}
+	}
+	for k, v := range before {
+		if _, ok := after[k]; !ok && !(after == nil && v == nil) {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func jsonEqual(a, b any) bool {
+	return string(Canonical(map[string]any{"v": a})) == string(Canonical(map[string]any{"v": b}))
+}
+
+// quarantine records a change that could not be mapped, so it is visible
+// in status and never silently lost while the position moves on.
+func (e *Engine) quarantine(bc *batchCtx, ch capture.Change, cause error) error {
+	bc.ss.Quarantined++
+	e.opt.Log.Warn("change quarantined: it could not be mapped", "source", bc.src.Name, "record", ch.Record,
+		"position", ch.Position, "error", cause)
+	key := state.Key(bc.src.Name, fmt.Sprintf("%020d", bc.ss.Quarantined))
+	return putJSON(bc.tx, state.Quarantine, key, map[string]any{
+		"record": ch.Record, "op": ch.Op.String(), "position": ch.Position, "values": ch.Values,
+		"error": cause.Error(), "at": At(e.opt.Clock()),
+	})
+}
+
+// Sink returns the capture.Sink of a source.
+func (e *Engine) Sink(src SourceInfo) *Sink {
+	if src.Guard == (Guard{}) {
+		src.Guard = DefaultGuard
+	}
+	if src.ChangeTime == "" {
+		src.ChangeTime = "commit-time"
+	}
+	return &Sink{e: e, src: src}
+}
+
+// Sink applies one source's batches.
+type Sink struct {
+	e   *Engine
+	src SourceInfo
+	// reconcile marks every snapshot through this sink as a reconcile
+	// (the sink handed to Snapshotter.Snapshot).
+	reconcile bool
+	// dryRun stages and reports, and applies nothing.
+	dryRun *DryRun
+}
+
+// ForReconcile returns a sink whose snapshots are reconciles.
+func (s *Sink) ForReconcile() *Sink { c := *s; c.reconcile = true; return &c }
+
+// Info returns the source description.
+func (s *Sink) Info() SourceInfo { return s.src }
+
+// Apply commits a batch (capture.Sink).
+func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if b.Snapshot != nil {
+		return s.applySnapshot(ctx, b)
+	}
+	if s.dryRun != nil {
+		return nil
+	}
+	e := s.e
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var last uint64
+	var n int
+	err := e.db.Update(func(tx *state.Tx) error {
+		bc, err := e.begin(tx, &s.src, b.TransactionID)
+		if err != nil {
+			return err
+		}
+		if b.EpochBreak != "" {
+			s.breakEpoch(bc.ss, b.EpochBreak)
+		}
+		for i := range b.Changes {
+			if err := e.applyChange(bc, &b.Changes[i]); err != nil {
+				return err
+			}
+		}
+		if b.Checkpoint != nil {
+			bc.ss.Checkpoint = b.Checkpoint
+		}
+		if len(b.Changes) > 0 {
+			bc.ss.Position = b.Changes[len(b.Changes)-1].Position
+		}
+		bc.ss.LastApplied = Ptr(e.opt.Clock())
+		last, n = bc.seq, bc.events
+		return saveSource(tx, s.src.Name, *bc.ss)
+	})
+	if err != nil {
+		return fmt.Errorf("source %q: commit batch: %w", s.src.Name, err)
+	}
+	if n > 0 && e.opt.Committed != nil {
+		e.opt.Committed(last)
+	}
+	return nil
+}
+
+func (s *Sink) breakEpoch(ss *SourceState, reason string) {
+	ss.Epoch++
+	ss.EpochReason = reason
+	ss.PendingReconcile = true
+	s.e.opt.Log.Warn("source continuity broke: new epoch, a reconcile follows", "source", s.src.Name, "epoch", ss.Epoch, "reason", reason)
+}
+
+// applyChange maps one log change and registers its effect.
+func (e *Engine) applyChange(bc *batchCtx, ch *capture.Change) error {
+	if ch.Op == capture.OpTruncate {
+		return e.truncate(bc, ch)
+	}
+	for _, m := range e.maps.ForRecord(bc.src.Name, ch.Record) {
+		if err := e.applyMapped(bc, m, ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) applyMapped(bc *batchCtx, m *mapping.Mapping, ch *capture.Change) error {
+	row := ch.Values
+	id, err := m.ObjectID(row)
+	if err != nil {
+		return e.quarantine(bc, *ch, err)
+	}
+	img, err := loadImage(bc.tx, m.Type, id)
+	if err != nil {
+		return err
+	}
+	c := change{rec: ch.Record, changedAt: ch.ChangedAt, position: ch.Position, changeKey: ch.ChangeKey, reason: ch.Reason}
+	if ch.Op == capture.OpDelete {
+		c.obj = mapping.Object{Type: m.Type, ID: id}
+		return e.remove(bc, m, img, c)
+	}
+	if len(ch.Unchanged) > 0 {
+		if img == nil || img.Row == nil {
+			return e.quarantine(bc, *ch, fmt.Errorf("columns %v were not sent and no stored row has them (set REPLICA IDENTITY FULL, or reconcile with `connector snapshot`)", ch.Unchanged))
+		}
+		row = maps.Clone(row)
+		for _, col := range ch.Unchanged {
+			row[col] = img.Row[col]
+		}
+	}
+	if ch.OldKey != nil {
+		if oldID, err := m.ObjectID(ch.OldKey); err == nil && oldID != id {
+			old, err := loadImage(bc.tx, m.Type, oldID)
+			if err != nil {
+				return err
+			}
+			oc := c
+			oc.obj = mapping.Object{Type: m.Type, ID: oldID}
+			oc.changeKey = ch.ChangeKey + ":oldkey"
+			if err := e.remove(bc, m, old, oc); err != nil {
+				return err
+			}
+		}
+	}
+	obj, ok, err := m.Map(row)
+	if err != nil {
+		return e.quarantine(bc, *ch, err)
+	}
+	if !ok {
+		c.obj = mapping.Object{Type: m.Type, ID: id}
+		if c.reason == "" {
+			c.reason = ReasonMovedOutOfScope
+		}
+		return e.remove(bc, m, img, c)
+	}
+	c.obj, c.row = obj, row
+	return e.upsert(bc, m, c)
+}
+
+// truncate deletes every live object of the record.
+func (e *Engine) truncate(bc *batchCtx, ch *capture.Change) error {
+	for _, m := range e.maps.ForRecord(bc.src.Name, ch.Record) {
+		var ids []string
+		err := bc.tx.Scan(state.Images, state.Key(m.Type, ""), func(k, v []byte) error {
+			var img Image
+			if err := json.Unmarshal(v, &img); err != nil {
+				return err
+			}
+			if img.Source == bc.src.Name && img.Record == ch.Record && !img.Deleted {
+				ids = append(ids, string(k[len(m.Type)+1:]))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			img, err := loadImage(bc.tx, m.Type, id)
+			if err != nil {
+				return err
+			}
+			reason := ch.Reason
+			if reason == "" {
+				reason = ReasonTruncated
+			}
+			c := change{rec: ch.Record, obj: mapping.Object{Type: m.Type, ID: id}, changedAt: ch.ChangedAt,
+				position: ch.Position, changeKey: ch.ChangeKey + ":" + id, reason: reason}
+			if err := e.remove(bc, m, img, c); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Row implements capture.StateReader: the stored raw row of a record.
+func (e *Engine) Row(_ context.Context, source, record string, key map[string]any) (map[string]any, error) {
+	var out map[string]any
+	err := e.db.View(func(tx *state.Tx) error {
+		for _, m := range e.maps.ForRecord(source, record) {
+			id, err := m.ObjectID(key)
+			if err != nil {
+				continue
+			}
+			img, err := loadImage(tx, m.Type, id)
+			if err != nil {
+				return err
+			}
+			if img != nil && !img.Deleted && img.Row != nil {
+				out = img.Row
+				return nil
+			}
+		}
+		return nil
+	})
+	return out, err
+}

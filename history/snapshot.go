@@ -1,0 +1,582 @@
+package history
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/mapping"
+	"github.com/os2sandbox/connector/state"
+)
+
+// A snapshot run is staged before anything of it is applied, so that a
+// run that fails half-way, or that the deletion guard refuses, changes
+// nothing. The staging bucket of a source holds:
+//
+//	"meta"               → runMeta
+//	"o" type \x00 id     → 'u' position   seen, unchanged at staging time
+//	                       'c' stagedObj   seen, new or changed
+//
+// After End: phase "applying". The staged objects are applied in key
+// order, then live objects of the run's records that were not seen are
+// deleted; each chunk is one transaction that also advances the cursor in
+// meta, so a crash resumes where it stopped (Recover) and re-derives the
+// same events (snapshot event ids depend only on content and predecessor).
+
+const (
+	phaseStaging  = "staging"
+	phaseApplying = "applying"
+	phaseDeleting = "deleting"
+)
+
+var metaKey = []byte("meta")
+
+type runMeta struct {
+	ID         string   `json:"id"`
+	Records    []string `json:"records"`
+	Initial    bool     `json:"initial"`
+	Reconcile  bool     `json:"reconcile"`
+	Phase      string   `json:"phase"`
+	TxID       string   `json:"txid"`
+	Cursor     []byte   `json:"cursor,omitempty"`
+	Checkpoint []byte   `json:"checkpoint,omitempty"`
+	ChangedAt  *Time    `json:"changedAt,omitempty"`
+	Seen       int      `json:"seen"`
+	Changed    int      `json:"changed"`
+}
+
+type stagedObj struct {
+	Record      string            `json:"r"`
+	Fields      map[string]any    `json:"f"`
+	Keys        map[string]string `json:"k,omitempty"`
+	Row         map[string]any    `json:"row,omitempty"`
+	ValidFrom   *Time             `json:"vf,omitempty"`
+	ValidTo     *Time             `json:"vt,omitempty"`
+	ValidSource string            `json:"vs,omitempty"`
+	ChangedAt   *Time             `json:"ca,omitempty"`
+	Position    string            `json:"p,omitempty"`
+}
+
+// DryRun collects what a snapshot would change.
+type DryRun struct {
+	// Counts is type → operation → count.
+	Counts map[string]map[string]int
+	// Examples are the first objects per operation ("create Bruger/123").
+	Examples map[string][]string
+	Live     int
+	Deletes  int
+	Limit    int
+	Tripped  bool
+}
+
+func (d *DryRun) add(op, typ, id string) {
+	if d.Counts[typ] == nil {
+		d.Counts[typ] = map[string]int{}
+	}
+	d.Counts[typ][op]++
+	if len(d.Examples[op]) < 10 {
+		d.Examples[op] = append(d.Examples[op], typ+"/"+id)
+	}
+}
+
+// DryRunSink returns a sink that stages snapshots under a separate name,
+// reports into d at End, and applies nothing.
+func (s *Sink) DryRunSink(d *DryRun) *Sink {
+	c := *s
+	c.reconcile = true
+	d.Counts = map[string]map[string]int{}
+	d.Examples = map[string][]string{}
+	c.dryRun = d
+	return &c
+}
+
+func (s *Sink) stageName() string {
+	if s.dryRun != nil {
+		return "dry-run\x00" + s.src.Name
+	}
+	return s.src.Name
+}
+
+func (s *Sink) applySnapshot(ctx context.Context, b capture.Batch) error {
+	e := s.e
+	mark := b.Snapshot
+	e.mu.Lock()
+	var meta runMeta
+	err := e.db.Update(func(tx *state.Tx) error {
+		if mark.Begin {
+			if err := tx.DropStaging(s.stageName()); err != nil {
+				return err
+			}
+		}
+		st, err := tx.Staging(s.stageName(), mark.Begin)
+		if err != nil {
+			return err
+		}
+		if st == nil {
+			return fmt.Errorf("snapshot run %q: batch without a Begin (the source must start a run with SnapshotMark.Begin)", mark.ID)
+		}
+		if mark.Begin {
+			ss, err := LoadSource(tx, s.src.Name)
+			if err != nil {
+				return err
+			}
+			if b.EpochBreak != "" && s.dryRun == nil {
+				s.breakEpoch(&ss, b.EpochBreak)
+				if err := saveSource(tx, s.src.Name, ss); err != nil {
+					return err
+				}
+			}
+			meta = runMeta{ID: mark.ID, Records: mark.Records, Initial: mark.Initial, Phase: phaseStaging, TxID: b.TransactionID,
+				Reconcile: !mark.Initial && (mark.Reconcile || s.reconcile || ss.PendingReconcile)}
+			if meta.TxID == "" {
+				meta.TxID = "snapshot:" + mark.ID
+			}
+		} else if err := getJSON(st.Get(metaKey), &meta); err != nil {
+			return err
+		}
+		if meta.ID != mark.ID {
+			return fmt.Errorf("snapshot run %q: batch belongs to run %q, which has no Begin", meta.ID, mark.ID)
+		}
+		for i := range b.Changes {
+			if err := e.stage(tx, st, s, &meta, &b.Changes[i]); err != nil {
+				return err
+			}
+		}
+		if b.Checkpoint != nil {
+			meta.Checkpoint = b.Checkpoint
+			if !mark.End && s.dryRun == nil {
+				// Progress inside a long run is kept with the staged rows,
+				// so the source can resume the same run after a crash.
+				ss, err := LoadSource(tx, s.src.Name)
+				if err != nil {
+					return err
+				}
+				ss.Checkpoint = b.Checkpoint
+				if err := saveSource(tx, s.src.Name, ss); err != nil {
+					return err
+				}
+			}
+		}
+		if mark.End {
+			if err := s.endRun(tx, st, &meta); err != nil {
+				return err
+			}
+		}
+		return putJSON2(st, metaKey, &meta)
+	})
+	e.mu.Unlock()
+	if err != nil {
+		if errors.Is(err, ErrDeletionGuard) {
+			e.mu.Lock()
+			_ = e.db.Update(func(tx *state.Tx) error { return tx.DropStaging(s.stageName()) })
+			e.mu.Unlock()
+		}
+		return fmt.Errorf("source %q: %w", s.src.Name, err)
+	}
+	if !mark.End || s.dryRun != nil {
+		if s.dryRun != nil && mark.End {
+			e.mu.Lock()
+			err := e.db.Update(func(tx *state.Tx) error { return tx.DropStaging(s.stageName()) })
+			e.mu.Unlock()
+			return err
+		}
+		return nil
+	}
+	return s.finish(ctx)
+}
+
+// stage maps one snapshot record into the staging bucket.
+func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, ch *capture.Change) error {
+	if !meta.ChangedAtSet() && !ch.ChangedAt.IsZero() {
+		meta.ChangedAt = Ptr(ch.ChangedAt)
+	}
+	for _, m := range e.maps.ForRecord(s.src.Name, ch.Record) {
+		obj, ok, err := m.Map(ch.Values)
+		if err != nil {
+			if s.dryRun != nil {
+				s.dryRun.add("quarantine", m.Type, ch.Position)
+				continue
+			}
+			bc := &batchCtx{tx: tx, src: &s.src}
+			ss, lerr := LoadSource(tx, s.src.Name)
+			if lerr != nil {
+				return lerr
+			}
+			bc.ss = &ss
+			if err := e.quarantine(bc, *ch, err); err != nil {
+				return err
+			}
+			if err := saveSource(tx, s.src.Name, ss); err != nil {
+				return err
+			}
+			continue
+		}
+		if !ok {
+			continue // outside the mapping's where: absent, like a missing row
+		}
+		key := append([]byte("o"), imageKey(obj.Type, obj.ID)...)
+		if prev := st.Get(key); prev != nil {
+			return fmt.Errorf("%s: %s/%s appears twice in the snapshot (first at %s); the export has a duplicate key, nothing was applied",
+				ch.Position, obj.Type, obj.ID, stagedPosition(prev))
+		}
+		meta.Seen++
+		img, err := loadImage(tx, obj.Type, obj.ID)
+		if err != nil {
+			return err
+		}
+		if img != nil && !img.Deleted && img.Hash == ContentHash(obj.Fields) && sameValid(img, obj) {
+			if err := st.Put(key, append([]byte{'u'}, ch.Position...)); err != nil {
+				return err
+			}
+			continue
+		}
+		meta.Changed++
+		so := stagedObj{Record: ch.Record, Fields: obj.Fields, Keys: obj.Keys, ValidSource: obj.ValidSource, Position: ch.Position}
+		if s.src.KeepRows {
+			so.Row = ch.Values
+		}
+		if !obj.ValidFrom.IsZero() {
+			so.ValidFrom = Ptr(obj.ValidFrom)
+		}
+		if obj.ValidTo != nil {
+			so.ValidTo = Ptr(*obj.ValidTo)
+		}
+		if !ch.ChangedAt.IsZero() {
+			so.ChangedAt = Ptr(ch.ChangedAt)
+		}
+		if s.dryRun != nil {
+			op := OpCreate
+			switch {
+			case img == nil && meta.Initial:
+				op = OpSnapshot
+			case img != nil && img.Deleted:
+				op = OpUndelete
+			case img != nil:
+				op = OpUpdate
+			}
+			s.dryRun.add(op, obj.Type, obj.ID)
+		}
+		data, err := json.Marshal(so)
+		if err != nil {
+			return err
+		}
+		if err := st.Put(key, append([]byte{'c'}, data...)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *runMeta) ChangedAtSet() bool { return m.ChangedAt != nil }
+
+func sameValid(img *Image, obj mapping.Object) bool {
+	return obj.ValidSource == "" || img.VirkFra.Equal(obj.ValidFrom.UTC().Truncate(time.Microsecond))
+}
+
+func stagedPosition(v []byte) string {
+	if len(v) > 0 && v[0] == 'u' {
+		return string(v[1:])
+	}
+	var so stagedObj
+	if len(v) > 0 && json.Unmarshal(v[1:], &so) == nil {
+		return so.Position
+	}
+	return "?"
+}
+
+// endRun counts deletions and applies the guard; on success the run moves
+// to the applying phase.
+func (s *Sink) endRun(tx *state.Tx, st *state.Staged, meta *runMeta) error {
+	types := s.e.maps.TypesOf(s.src.Name, meta.Records)
+	live, deletes := 0, 0
+	for _, typ := range types {
+		err := s.e.scanLive(tx, typ, s.src.Name, meta.Records, func(id string, _ *Image) error {
+			live++
+			if st.Get(append([]byte("o"), imageKey(typ, id)...)) == nil {
+				deletes++
+				if s.dryRun != nil {
+					s.dryRun.add(OpDelete, typ, id)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	g := s.src.Guard
+	limit := g.Limit(live)
+	if s.dryRun != nil {
+		s.dryRun.Live, s.dryRun.Deletes, s.dryRun.Limit = live, deletes, limit
+		s.dryRun.Tripped = deletes > limit && !g.Override
+		return nil
+	}
+	if deletes > limit && !g.Override {
+		share := 0.0
+		if live > 0 {
+			share = 100 * float64(deletes) / float64(live)
+		}
+		s.e.opt.Log.Error("deletion guard tripped: snapshot not applied", "source", s.src.Name, "deletes", deletes, "live", live, "limit", limit)
+		return fmt.Errorf("%w: the snapshot would delete %d of %d live objects (%.1f%%; the limit is %d = max(%.0f%% of live, %d)); nothing was applied. "+
+			"List them with `connector snapshot --source %s --dry-run`; if the deletions are intended, apply them with `connector snapshot --source %s --allow-deletions` "+
+			"(or raise deletion_guard in the config)",
+			ErrDeletionGuard, deletes, live, share, limit, 100*g.MaxShare, g.MinCount, s.src.Name, s.src.Name)
+	}
+	meta.Phase = phaseApplying
+	meta.Cursor = nil
+	return nil
+}
+
+// scanLive calls fn for each live object of typ that came from the
+// source's records.
+func (e *Engine) scanLive(tx *state.Tx, typ, source string, records []string, fn func(id string, img *Image) error) error {
+	prefix := state.Key(typ, "")
+	return tx.Scan(state.Images, prefix, func(k, v []byte) error {
+		var img Image
+		if err := json.Unmarshal(v, &img); err != nil {
+			return fmt.Errorf("%w: image %s: %v", state.ErrCorrupt, k, err)
+		}
+		if img.Deleted || img.Source != source || !contains(records, img.Record) {
+			return nil
+		}
+		return fn(string(k[len(prefix):]), &img)
+	})
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Recover finishes a snapshot run whose application a crash interrupted.
+// Call it before the source runs.
+func (s *Sink) Recover(ctx context.Context) error {
+	var phase string
+	err := s.e.db.View(func(tx *state.Tx) error {
+		st, err := tx.Staging(s.src.Name, false)
+		if err != nil || st == nil {
+			return err
+		}
+		var meta runMeta
+		if err := getJSON(st.Get(metaKey), &meta); err != nil {
+			return err
+		}
+		phase = meta.Phase
+		return nil
+	})
+	if err != nil || (phase != phaseApplying && phase != phaseDeleting) {
+		return err
+	}
+	s.e.opt.Log.Info("resuming an interrupted snapshot application", "source", s.src.Name)
+	return s.finish(ctx)
+}
+
+// finish applies a run in the applying phase, chunk by chunk.
+func (s *Sink) finish(ctx context.Context) error {
+	e := s.e
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var done bool
+		var last uint64
+		var n int
+		e.mu.Lock()
+		err := e.db.Update(func(tx *state.Tx) error {
+			st, err := tx.Staging(s.src.Name, false)
+			if err != nil || st == nil {
+				done = true
+				return err
+			}
+			var meta runMeta
+			if err := getJSON(st.Get(metaKey), &meta); err != nil {
+				return err
+			}
+			bc, err := e.begin(tx, &s.src, meta.TxID)
+			if err != nil {
+				return err
+			}
+			bc.initial, bc.reconcile = meta.Initial, meta.Reconcile
+			switch {
+			case meta.Initial:
+				bc.emission = EmissionBackfill
+			case meta.Reconcile:
+				bc.emission = EmissionReconcile
+			}
+			switch meta.Phase {
+			case phaseApplying:
+				err = s.applyChunk(bc, st, &meta)
+			case phaseDeleting:
+				err = s.deleteChunk(bc, st, &meta)
+			default:
+				return fmt.Errorf("snapshot run %q is in phase %q, not ready to apply", meta.ID, meta.Phase)
+			}
+			if err != nil {
+				return err
+			}
+			last, n = bc.seq, bc.events
+			if meta.Phase == "" {
+				// Finished: the run's checkpoint becomes the source's.
+				done = true
+				if meta.Checkpoint != nil {
+					bc.ss.Checkpoint = meta.Checkpoint
+				}
+				bc.ss.PendingReconcile = false
+				bc.ss.LastApplied = Ptr(e.opt.Clock())
+				if err := tx.DropStaging(s.src.Name); err != nil {
+					return err
+				}
+			} else if err := putJSON2(st, metaKey, &meta); err != nil {
+				return err
+			}
+			return saveSource(tx, s.src.Name, *bc.ss)
+		})
+		e.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("source %q: apply snapshot: %w", s.src.Name, err)
+		}
+		if n > 0 && e.opt.Committed != nil {
+			e.opt.Committed(last)
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+func (s *Sink) applyChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
+	e := s.e
+	from := []byte("o")
+	if meta.Cursor != nil {
+		from = meta.Cursor
+	}
+	n := 0
+	var next []byte
+	err := st.Scan([]byte("o"), from, func(k, v []byte) error {
+		if n == e.opt.ChunkSize {
+			next = bytes.Clone(k)
+			return state.ErrStop
+		}
+		n++
+		if len(v) == 0 || v[0] != 'c' {
+			return nil
+		}
+		var so stagedObj
+		if err := json.Unmarshal(v[1:], &so); err != nil {
+			return fmt.Errorf("%w: staged object %q: %v", state.ErrCorrupt, k, err)
+		}
+		typ, id, _ := bytes.Cut(k[1:], []byte{0})
+		m := e.maps.Type(string(typ))
+		obj := mapping.Object{Type: string(typ), ID: string(id), Keys: so.Keys, Fields: so.Fields, ValidSource: so.ValidSource}
+		if so.ValidFrom != nil {
+			obj.ValidFrom = so.ValidFrom.Time
+		}
+		if so.ValidTo != nil {
+			t := so.ValidTo.Time
+			obj.ValidTo = &t
+		}
+		c := change{rec: so.Record, obj: obj, row: so.Row, position: so.Position}
+		if so.ChangedAt != nil {
+			c.changedAt = so.ChangedAt.Time
+		}
+		return e.upsert(bc, m, c)
+	})
+	if err != nil {
+		return err
+	}
+	if next != nil {
+		meta.Cursor = next
+		return nil
+	}
+	meta.Phase, meta.Cursor = phaseDeleting, nil
+	return nil
+}
+
+// deleteChunk deletes, a chunk at a time, live objects the run did not see.
+func (s *Sink) deleteChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
+	e := s.e
+	types := e.maps.TypesOf(s.src.Name, meta.Records)
+	sort.Strings(types)
+	// Cursor is type \x00 id of the next object to look at.
+	type victim struct {
+		typ, id string
+		img     *Image
+	}
+	var victims []victim
+	var next []byte
+	for _, typ := range types {
+		if meta.Cursor != nil && string(typ) < string(bytes.SplitN(meta.Cursor, []byte{0}, 2)[0]) {
+			continue
+		}
+		prefix := state.Key(typ, "")
+		from := prefix
+		if meta.Cursor != nil && bytes.HasPrefix(meta.Cursor, prefix) {
+			from = meta.Cursor
+		}
+		seen := 0
+		err := bc.tx.ScanFrom(state.Images, prefix, from, func(k, v []byte) error {
+			if seen == e.opt.ChunkSize {
+				next = bytes.Clone(k)
+				return state.ErrStop
+			}
+			seen++
+			var img Image
+			if err := json.Unmarshal(v, &img); err != nil {
+				return fmt.Errorf("%w: image %s: %v", state.ErrCorrupt, k, err)
+			}
+			if img.Deleted || img.Source != s.src.Name || !contains(meta.Records, img.Record) {
+				return nil
+			}
+			if st.Get(append([]byte("o"), k...)) == nil {
+				victims = append(victims, victim{typ, string(k[len(prefix):]), &img})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if next != nil {
+			break
+		}
+	}
+	var changedAt time.Time
+	if meta.ChangedAt != nil {
+		changedAt = meta.ChangedAt.Time
+	}
+	for _, v := range victims {
+		c := change{rec: v.img.Record, obj: mapping.Object{Type: v.typ, ID: v.id}, changedAt: changedAt}
+		if err := e.remove(bc, e.maps.Type(v.typ), v.img, c); err != nil {
+			return err
+		}
+	}
+	if next != nil {
+		meta.Cursor = next
+		return nil
+	}
+	meta.Phase = ""
+	return nil
+}
+
+func getJSON(b []byte, v any) error {
+	if b == nil {
+		return fmt.Errorf("%w: staged snapshot without metadata", state.ErrCorrupt)
+	}
+	return json.Unmarshal(b, v)
+}
+
+func putJSON2(st *state.Staged, key []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return st.Put(key, b)
+}

@@ -1,0 +1,350 @@
+// Package state is the agent's persistence: one bbolt file holding the
+// current images, the bitemporal versions, the event log, receiver cursors,
+// source checkpoints, dead letters, staged snapshots and metadata.
+//
+// The package stores bytes; history owns what they mean. Its invariants:
+//   - everything one batch changes is written in one bbolt write transaction
+//     (Update), so a crash leaves all of it or none;
+//   - the log is keyed by a gap-free sequence number (big-endian uint64);
+//   - a file from a newer format, a corrupt file or a file locked by another
+//     process is refused with a message that says what to do.
+package state
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// FormatVersion is the layout version this code writes. Bump it with a
+// migration when a bucket's encoding changes.
+const FormatVersion = 1
+
+// Bucket names a top-level bucket.
+type Bucket string
+
+// The buckets. Keys are documented where history writes them.
+const (
+	Meta        Bucket = "meta"
+	Images      Bucket = "images"      // type \x00 id → current image
+	Rows        Bucket = "rows"        // source \x00 record \x00 key → raw row
+	Versions    Bucket = "versions"    // type \x00 id \x00 be64(version) → version
+	Log         Bucket = "log"         // be64(sequence) → event
+	Cursors     Bucket = "cursors"     // receiver → cursor
+	Checkpoints Bucket = "checkpoints" // source → checkpoint
+	DeadLetters Bucket = "deadletters" // receiver \x00 be64(sequence) → reason
+	Quarantine  Bucket = "quarantine"  // source \x00 position → change that failed to map
+	Stage       Bucket = "stage"       // source → nested bucket of a staged snapshot
+)
+
+var allBuckets = []Bucket{Meta, Images, Rows, Versions, Log, Cursors, Checkpoints, DeadLetters, Quarantine, Stage}
+
+// Meta keys.
+const (
+	metaFormat       = "format"
+	metaInstallation = "installation"
+	metaCreated      = "created"
+)
+
+// Errors callers may test for.
+var (
+	ErrLocked       = errors.New("state file is locked by another process")
+	ErrNewerFormat  = errors.New("state file was written by a newer connector")
+	ErrCorrupt      = errors.New("state file is corrupt or not a connector state")
+	ErrNotFound     = errors.New("state file does not exist")
+	ErrUnwritable   = errors.New("state file cannot be created")
+	errFormatAbsent = errors.New("no format version")
+)
+
+// Options tune Open.
+type Options struct {
+	// ReadOnly opens the file with a shared lock and refuses writes.
+	ReadOnly bool
+	// LockTimeout is how long to wait for another process's lock; default 1s.
+	LockTimeout time.Duration
+	// NoSync skips fsync on commit. Only for tests and benchmarks that
+	// measure something else: a crash may then lose committed batches.
+	NoSync bool
+}
+
+// DB is an open state file.
+type DB struct {
+	bolt         *bolt.DB
+	path         string
+	installation string
+}
+
+// Open opens (or, unless read-only, creates) the state file at path.
+func Open(path string, opt Options) (*DB, error) {
+	if opt.LockTimeout == 0 {
+		opt.LockTimeout = time.Second
+	}
+	if opt.ReadOnly {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s (run `connector run` once to create it, or check `state:` in the config)", ErrNotFound, path)
+		}
+	} else if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v (make the directory writable by the service user, or set `state:` to a writable path)", ErrUnwritable, path, err)
+		}
+	}
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:         opt.LockTimeout,
+		ReadOnly:        opt.ReadOnly,
+		NoSync:          opt.NoSync,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: 64 << 20,
+	})
+	if err != nil {
+		switch {
+		case errors.Is(err, berrors.ErrTimeout):
+			return nil, fmt.Errorf("%w: %s (is `connector run` already running with this state? stop it first; `connector status` asks a running agent instead)", ErrLocked, path)
+		case errors.Is(err, fs.ErrPermission):
+			return nil, fmt.Errorf("%w: %s: %v (make it readable and writable by the service user)", ErrUnwritable, path, err)
+		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch),
+			errors.Is(err, berrors.ErrInvalidMapping):
+			return nil, fmt.Errorf("%w: %s: %v (restore it from a backup, or move it away to start afresh: sources are then re-read and receivers get a new epoch)", ErrCorrupt, path, err)
+		}
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	db := &DB{bolt: bdb, path: path}
+	if err := db.init(opt.ReadOnly); err != nil {
+		bdb.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func (db *DB) init(readOnly bool) error {
+	check := func(tx *bolt.Tx) error {
+		m := tx.Bucket([]byte(Meta))
+		if m == nil {
+			return errFormatAbsent
+		}
+		f, err := strconv.Atoi(string(m.Get([]byte(metaFormat))))
+		if err != nil {
+			return fmt.Errorf("%w: %s: bad format version %q (restore it from a backup or move it away)", ErrCorrupt, db.path, m.Get([]byte(metaFormat)))
+		}
+		if f > FormatVersion {
+			return fmt.Errorf("%w: %s has format %d, this connector reads up to %d (upgrade connector, or restore the state that matches this version)", ErrNewerFormat, db.path, f, FormatVersion)
+		}
+		db.installation = string(m.Get([]byte(metaInstallation)))
+		if _, err := uuid.Parse(db.installation); err != nil {
+			return fmt.Errorf("%w: %s: bad installation id (restore it from a backup or move it away)", ErrCorrupt, db.path)
+		}
+		return nil
+	}
+	if readOnly {
+		err := db.bolt.View(check)
+		if errors.Is(err, errFormatAbsent) {
+			return fmt.Errorf("%w: %s has no connector metadata (is it another program's bbolt file?)", ErrCorrupt, db.path)
+		}
+		return err
+	}
+	return db.bolt.Update(func(tx *bolt.Tx) error {
+		err := check(tx)
+		if !errors.Is(err, errFormatAbsent) {
+			return err
+		}
+		// A file without metadata must be new and empty, never another
+		// program's database that we would start writing into.
+		empty := true
+		_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+		if !empty {
+			return fmt.Errorf("%w: %s has no connector metadata (is it another program's bbolt file?)", ErrCorrupt, db.path)
+		}
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket([]byte(Meta))
+		db.installation = uuid.NewString()
+		for k, v := range map[string]string{
+			metaFormat:       strconv.Itoa(FormatVersion),
+			metaInstallation: db.installation,
+			metaCreated:      time.Now().UTC().Format(time.RFC3339),
+		} {
+			if err := m.Put([]byte(k), []byte(v)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Path returns the file's path.
+func (db *DB) Path() string { return db.path }
+
+// Installation returns the installation id: the UUIDv5 namespace of event
+// ids, created once with the file.
+func (db *DB) Installation() string { return db.installation }
+
+// Close closes the file.
+func (db *DB) Close() error { return db.bolt.Close() }
+
+// Size returns the file size in bytes.
+func (db *DB) Size() int64 {
+	var n int64
+	_ = db.bolt.View(func(tx *bolt.Tx) error { n = tx.Size(); return nil })
+	return n
+}
+
+// Update runs fn in one write transaction: all of it commits, or none.
+func (db *DB) Update(fn func(*Tx) error) error {
+	return db.bolt.Update(func(btx *bolt.Tx) error { return fn(&Tx{btx: btx}) })
+}
+
+// View runs fn in a read transaction (a consistent snapshot).
+func (db *DB) View(fn func(*Tx) error) error {
+	return db.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{btx: btx}) })
+}
+
+// Check verifies the file's page structure (slow on large files).
+func (db *DB) Check() error {
+	return db.bolt.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return fmt.Errorf("%w: %s: %v", ErrCorrupt, db.path, err)
+		}
+		return nil
+	})
+}
+
+// Tx is a state transaction.
+type Tx struct{ btx *bolt.Tx }
+
+func (t *Tx) bucket(b Bucket) *bolt.Bucket {
+	bk := t.btx.Bucket([]byte(b))
+	if bk == nil {
+		// Every bucket is created with the file; a missing one is damage.
+		panic(fmt.Sprintf("state: bucket %q missing", b))
+	}
+	return bk
+}
+
+// Get returns the value at key, or nil. The slice is valid only during
+// the transaction.
+func (t *Tx) Get(b Bucket, key []byte) []byte { return t.bucket(b).Get(key) }
+
+// Put stores value at key.
+func (t *Tx) Put(b Bucket, key, value []byte) error { return t.bucket(b).Put(key, value) }
+
+// Delete removes key.
+func (t *Tx) Delete(b Bucket, key []byte) error { return t.bucket(b).Delete(key) }
+
+// Scan calls fn for each key with the prefix, in key order, until fn
+// returns an error (ErrStop ends the scan without error).
+func (t *Tx) Scan(b Bucket, prefix []byte, fn func(k, v []byte) error) error {
+	return scan(t.bucket(b).Cursor(), prefix, prefix, fn)
+}
+
+// ScanFrom calls fn for each key ≥ from with the prefix, in key order.
+func (t *Tx) ScanFrom(b Bucket, prefix, from []byte, fn func(k, v []byte) error) error {
+	return scan(t.bucket(b).Cursor(), prefix, from, fn)
+}
+
+// Last returns the last key and value of a bucket, or nils.
+func (t *Tx) Last(b Bucket) ([]byte, []byte) { return t.bucket(b).Cursor().Last() }
+
+// Count returns the number of keys in a bucket.
+func (t *Tx) Count(b Bucket) int { return t.bucket(b).Stats().KeyN }
+
+// ErrStop ends a Scan early without an error.
+var ErrStop = errors.New("stop scan")
+
+func scan(c *bolt.Cursor, prefix, from []byte, fn func(k, v []byte) error) error {
+	for k, v := c.Seek(from); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if err := fn(k, v); err != nil {
+			if errors.Is(err, ErrStop) {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// Staging returns the staged-snapshot bucket of a source, creating it if
+// create is set; nil if absent.
+func (t *Tx) Staging(source string, create bool) (*Staged, error) {
+	st := t.bucket(Stage)
+	if b := st.Bucket([]byte(source)); b != nil {
+		return &Staged{b: b}, nil
+	}
+	if !create {
+		return nil, nil
+	}
+	b, err := st.CreateBucket([]byte(source))
+	if err != nil {
+		return nil, err
+	}
+	return &Staged{b: b}, nil
+}
+
+// DropStaging removes a source's staged snapshot.
+func (t *Tx) DropStaging(source string) error {
+	err := t.bucket(Stage).DeleteBucket([]byte(source))
+	if errors.Is(err, berrors.ErrBucketNotFound) {
+		return nil
+	}
+	return err
+}
+
+// Staged is a source's staged snapshot: its own key space.
+type Staged struct{ b *bolt.Bucket }
+
+// Get returns the value at key, or nil.
+func (s *Staged) Get(key []byte) []byte { return s.b.Get(key) }
+
+// Put stores value at key.
+func (s *Staged) Put(key, value []byte) error { return s.b.Put(key, value) }
+
+// Delete removes key.
+func (s *Staged) Delete(key []byte) error { return s.b.Delete(key) }
+
+// Scan calls fn for each key with the prefix, from key from, in order.
+func (s *Staged) Scan(prefix, from []byte, fn func(k, v []byte) error) error {
+	return scan(s.b.Cursor(), prefix, from, fn)
+}
+
+// U64 encodes n big-endian, so keys sort numerically.
+func U64(n uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], n)
+	return b[:]
+}
+
+// ParseU64 decodes U64.
+func ParseU64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+// Key joins parts with NUL, the separator of composite keys.
+func Key(parts ...string) []byte {
+	n := len(parts)
+	for _, p := range parts {
+		n += len(p)
+	}
+	b := make([]byte, 0, n)
+	for i, p := range parts {
+		if i > 0 {
+			b = append(b, 0)
+		}
+		b = append(b, p...)
+	}
+	return b
+}
