@@ -167,6 +167,8 @@ type Identity interface {
 type Options struct {
 	// Name is the source's name in the config.
 	Name string
+	// File is the config file's path, for error messages.
+	File string
 	// Records lists the record names the mappings select from this source.
 	Records []string
 	// Once asks Run to stop after delivering what the source has now.

@@ -97,9 +97,6 @@ func checkKeys(file string, node *yaml.Node, t reflect.Type, ignore []string) er
 		if node.Kind != yaml.MappingNode {
 			return nil // Decode reports the type error
 		}
-		if t.Implements(unmarshalerType) || reflect.PointerTo(t).Implements(unmarshalerType) {
-			return nil
-		}
 		fields := structFields(t)
 		for i := 0; i+1 < len(node.Content); i += 2 {
 			k, val := node.Content[i], node.Content[i+1]

@@ -81,6 +81,8 @@ func Confirmed(err error) int {
 type Options struct {
 	// Name is the receiver's name in the config.
 	Name string
+	// File is the config file's path, for error messages.
+	File string
 	// InstallationID is the agent installation's UUID (CloudEvents source).
 	InstallationID string
 	// Log is the receiver's logger.

@@ -1,0 +1,387 @@
+package publish
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/os2sandbox/connector/history"
+	"github.com/os2sandbox/connector/state"
+)
+
+// Config is what the dispatcher needs to know about a receiver.
+type Config struct {
+	Name string `yaml:"name"`
+	Type string `yaml:"type"`
+	// Start is where a new receiver begins: "beginning" (the whole log)
+	// or "now" (only events after it was added).
+	Start string `yaml:"start"`
+	// Classification is the receiver's ceiling: events of objects above
+	// it are not sent, fields above it are removed (redacted).
+	Classification string `yaml:"classification"`
+	Filter         Filter `yaml:"filter"`
+	Batch          int    `yaml:"batch"`
+	Retry          Retry  `yaml:"retry"`
+}
+
+// Filter selects events by object type and operation (empty: all).
+type Filter struct {
+	Types      []string `yaml:"types"`
+	Operations []string `yaml:"operations"`
+}
+
+// Retry is the backoff between failed deliveries.
+type Retry struct {
+	Initial time.Duration `yaml:"initial"`
+	Max     time.Duration `yaml:"max"`
+}
+
+// Redactor removes fields above a classification ceiling from an image.
+type Redactor interface {
+	Redact(typ string, image map[string]any, ceiling string) (map[string]any, []string)
+	// Level is the classification label of an object type.
+	Level(typ string) string
+}
+
+// Cursor is a receiver's durable position in the log.
+type Cursor struct {
+	// Delivered is the last sequence delivered (or filtered out).
+	Delivered uint64 `json:"delivered"`
+	// ReplayUntil: events up to here are re-deliveries (emission replay).
+	ReplayUntil uint64 `json:"replayUntil,omitempty"`
+	// DeliveredAt is when the cursor last moved.
+	DeliveredAt *history.Time `json:"deliveredAt,omitempty"`
+	// DeadLetters counts events refused for good.
+	DeadLetters uint64 `json:"deadLetters"`
+	// LastError is the most recent delivery failure, if any.
+	LastError string `json:"lastError,omitempty"`
+}
+
+// LoadCursor reads a receiver's cursor; ok is false if it has none yet.
+func LoadCursor(tx *state.Tx, name string) (c Cursor, ok bool, err error) {
+	v := tx.Get(state.Cursors, []byte(name))
+	if v == nil {
+		return c, false, nil
+	}
+	if err := json.Unmarshal(v, &c); err != nil {
+		return c, false, fmt.Errorf("%w: cursor of receiver %q: %v", state.ErrCorrupt, name, err)
+	}
+	return c, true, nil
+}
+
+// SaveCursor writes a receiver's cursor.
+func SaveCursor(tx *state.Tx, name string, c Cursor) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	return tx.Put(state.Cursors, []byte(name), b)
+}
+
+// LastSequence is the newest sequence in the log (0 if empty).
+func LastSequence(tx *state.Tx) uint64 {
+	k, _ := tx.Last(state.Log)
+	return state.ParseU64(k)
+}
+
+// Dispatcher delivers the log to receivers.
+type Dispatcher struct {
+	db     *state.DB
+	redact Redactor
+	log    *slog.Logger
+	outs   []*output
+}
+
+type output struct {
+	cfg  Config
+	recv Receiver
+	wake chan struct{}
+	err  error
+}
+
+// NewDispatcher returns a dispatcher over db.
+func NewDispatcher(db *state.DB, redact Redactor, log *slog.Logger) *Dispatcher {
+	return &Dispatcher{db: db, redact: redact, log: log}
+}
+
+// Add registers a receiver. A receiver without a cursor gets one now, at
+// the beginning of the log or at its end (start: now).
+func (d *Dispatcher) Add(cfg Config, r Receiver) error {
+	if cfg.Batch <= 0 {
+		cfg.Batch = 500
+	}
+	if cfg.Retry.Initial <= 0 {
+		cfg.Retry.Initial = 500 * time.Millisecond
+	}
+	if cfg.Retry.Max <= 0 {
+		cfg.Retry.Max = time.Minute
+	}
+	if cfg.Classification == "" {
+		cfg.Classification = "internal"
+	}
+	err := d.db.Update(func(tx *state.Tx) error {
+		if _, ok, err := LoadCursor(tx, cfg.Name); err != nil || ok {
+			return err
+		}
+		c := Cursor{}
+		if cfg.Start == "now" {
+			c.Delivered = LastSequence(tx)
+		}
+		return SaveCursor(tx, cfg.Name, c)
+	})
+	if err != nil {
+		return fmt.Errorf("receiver %q: %w", cfg.Name, err)
+	}
+	d.outs = append(d.outs, &output{cfg: cfg, recv: r, wake: make(chan struct{}, 1)})
+	return nil
+}
+
+// Notify wakes every receiver (new events were committed). It never blocks.
+func (d *Dispatcher) Notify(uint64) {
+	for _, o := range d.outs {
+		select {
+		case o.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Run delivers until ctx is done. With once, each receiver returns when it
+// has delivered everything in the log at the time it catches up.
+func (d *Dispatcher) Run(ctx context.Context, once bool) error {
+	var wg sync.WaitGroup
+	for _, o := range d.outs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.err = d.loop(ctx, o, once)
+		}()
+	}
+	wg.Wait()
+	var errs []error
+	for _, o := range d.outs {
+		if o.err != nil && !errors.Is(o.err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("receiver %q: %w", o.cfg.Name, o.err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close closes every receiver.
+func (d *Dispatcher) Close() error {
+	var errs []error
+	for _, o := range d.outs {
+		if err := o.recv.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("receiver %q: close: %w", o.cfg.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// loop is one receiver's goroutine: read a batch after the cursor,
+// deliver, advance the cursor by what was confirmed, repeat.
+func (d *Dispatcher) loop(ctx context.Context, o *output, once bool) error {
+	backoff := o.cfg.Retry.Initial
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		cur, batch, last, err := d.read(o)
+		if err != nil {
+			return err
+		}
+		if len(batch.events) == 0 && batch.through == cur.Delivered {
+			if once {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-o.wake:
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		derr := error(nil)
+		if len(batch.events) > 0 {
+			derr = o.recv.Deliver(ctx, batch.events)
+		}
+		if derr == nil {
+			if err := d.advance(o, batch.through, nil, ""); err != nil {
+				return err
+			}
+			backoff = o.cfg.Retry.Initial
+			_ = last
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Move over what was confirmed; dead-letter a refused event.
+		n := Confirmed(derr)
+		var dead *history.Event
+		var rej *RejectedError
+		if errors.As(derr, &rej) && rej.Index < len(batch.events) {
+			dead = &batch.events[rej.Index]
+		}
+		if n > 0 || dead != nil {
+			through := cur.Delivered
+			if n > 0 {
+				through = batch.events[n-1].Sequence
+			}
+			if dead != nil {
+				through = dead.Sequence
+			}
+			if err := d.advance(o, through, dead, derr.Error()); err != nil {
+				return err
+			}
+			if dead != nil {
+				d.log.Error("event dead-lettered: the receiver refuses it for good", "receiver", o.cfg.Name,
+					"sequence", dead.Sequence, "eventId", dead.EventID, "error", derr)
+				continue
+			}
+		}
+		_ = d.setError(o, derr.Error())
+		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2 // jitter
+		d.log.Warn("delivery failed; retrying", "receiver", o.cfg.Name, "confirmed", n, "retry_in", wait.Round(time.Millisecond), "error", derr)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, o.cfg.Retry.Max)
+	}
+}
+
+type readBatch struct {
+	events  []history.Event
+	through uint64 // the last sequence looked at (delivered or filtered)
+}
+
+// read takes up to Batch events after the cursor, filtered and redacted.
+func (d *Dispatcher) read(o *output) (Cursor, readBatch, uint64, error) {
+	var cur Cursor
+	var rb readBatch
+	var last uint64
+	err := d.db.View(func(tx *state.Tx) error {
+		var err error
+		if cur, _, err = LoadCursor(tx, o.cfg.Name); err != nil {
+			return err
+		}
+		last = LastSequence(tx)
+		rb.through = cur.Delivered
+		looked := 0
+		return tx.ScanFrom(state.Log, nil, state.U64(cur.Delivered+1), func(k, v []byte) error {
+			if len(rb.events) == o.cfg.Batch || looked == 20*o.cfg.Batch {
+				return state.ErrStop
+			}
+			looked++
+			var ev history.Event
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, state.ParseU64(k), err)
+			}
+			rb.through = ev.Sequence
+			if ev, ok := d.prepare(o.cfg, ev, cur); ok {
+				rb.events = append(rb.events, ev)
+			}
+			return nil
+		})
+	})
+	return cur, rb, last, err
+}
+
+// prepare applies the receiver's filter and redaction; ok is false when
+// the receiver does not get the event.
+func (d *Dispatcher) prepare(cfg Config, ev history.Event, cur Cursor) (history.Event, bool) {
+	if len(cfg.Filter.Types) > 0 && !slices.Contains(cfg.Filter.Types, ev.Object.Type) {
+		return ev, false
+	}
+	if len(cfg.Filter.Operations) > 0 && !slices.Contains(cfg.Filter.Operations, ev.Operation) {
+		return ev, false
+	}
+	if ev.Sequence <= cur.ReplayUntil {
+		ev.Emission = history.EmissionReplay
+	}
+	return Redact(d.redact, cfg.Classification, ev)
+}
+
+// Redact applies a classification ceiling to an event: ok is false if the
+// object is above the ceiling, or if an update changed only fields the
+// receiver may not see.
+func Redact(r Redactor, ceiling string, ev history.Event) (history.Event, bool) {
+	if r == nil {
+		return ev, true
+	}
+	if history.Level(r.Level(ev.Object.Type)) > history.Level(ceiling) {
+		return ev, false
+	}
+	var removed []string
+	hidden := map[string]bool{}
+	for _, side := range []struct {
+		img  *map[string]any
+		path string
+	}{{&ev.Before, "/before/"}, {&ev.After, "/after/"}} {
+		var gone []string
+		*side.img, gone = r.Redact(ev.Object.Type, *side.img, ceiling)
+		for _, f := range gone {
+			removed = append(removed, side.path+f)
+			hidden[f] = true
+		}
+	}
+	if len(removed) == 0 {
+		return ev, true
+	}
+	changed := make([]string, 0, len(ev.Changed))
+	for _, f := range ev.Changed {
+		if !hidden[f] {
+			changed = append(changed, f)
+		}
+	}
+	// An update that changed only what this receiver may not see would
+	// tell it nothing but that something secret changed.
+	if ev.Operation == history.OpUpdate && len(changed) == 0 && len(ev.Changed) > 0 {
+		return ev, false
+	}
+	ev.Changed = changed
+	ev.Classification.Redacted = removed
+	return ev, true
+}
+
+func (d *Dispatcher) advance(o *output, through uint64, dead *history.Event, reason string) error {
+	return d.db.Update(func(tx *state.Tx) error {
+		c, _, err := LoadCursor(tx, o.cfg.Name)
+		if err != nil {
+			return err
+		}
+		if through > c.Delivered {
+			c.Delivered = through
+		}
+		c.DeliveredAt = history.Ptr(time.Now())
+		c.LastError = ""
+		if dead != nil {
+			c.DeadLetters++
+			b, _ := json.Marshal(map[string]any{"eventId": dead.EventID, "reason": reason, "at": history.At(time.Now())})
+			if err := tx.Put(state.DeadLetters, append(state.Key(o.cfg.Name, ""), state.U64(dead.Sequence)...), b); err != nil {
+				return err
+			}
+		}
+		return SaveCursor(tx, o.cfg.Name, c)
+	})
+}
+
+func (d *Dispatcher) setError(o *output, msg string) error {
+	return d.db.Update(func(tx *state.Tx) error {
+		c, _, err := LoadCursor(tx, o.cfg.Name)
+		if err != nil {
+			return err
+		}
+		c.LastError = msg
+		return SaveCursor(tx, o.cfg.Name, c)
+	})
+}
