@@ -46,8 +46,8 @@ func (j *jsonlReader) next() (map[string]any, int, error) {
 		if err := dec.Decode(&v); err != nil {
 			return nil, 0, &ParseError{File: j.lines.file, Line: n, Msg: jsonMessage(err, lead)}
 		}
-		if _, err := dec.Token(); err != io.EOF {
-			col := lead + int(dec.InputOffset()) + 1
+		if end := int(dec.InputOffset()); end < len(line) {
+			col := lead + end + 1 + len(line[end:]) - len(bytes.TrimLeft(line[end:], " \t"))
 			return nil, 0, &ParseError{File: j.lines.file, Line: n,
 				Msg: fmt.Sprintf("invalid JSON: more than one value on the line (column %d); put each record on its own line", col)}
 		}
