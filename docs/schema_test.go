@@ -89,7 +89,7 @@ func base() history.Event {
 		Trace:           history.Trace{TransactionID: "snapshot-2026-01-05"},
 		ObservedAt:      history.At(t0.Add(time.Second)),
 		SourceChangedAt: history.Ptr(t0),
-		Integrity:       history.Integrity{ContentHash: "sha256:00ff"},
+		Integrity:       history.Integrity{ContentHash: history.ContentHash(map[string]any{"brugernavn": "abc123"})},
 	}
 }
 
@@ -115,7 +115,7 @@ func validEvents() map[string]history.Event {
 	update.Changed = []string{"enhed", "roller"}
 	update.Bitemporal.RegistreringFra = history.At(t1)
 	update.Bitemporal.VirkningFra = history.At(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC))
-	update.Integrity.PrevContentHash = "sha256:00ff"
+	update.Integrity.PrevContentHash = snap.Integrity.ContentHash
 	update.Classification.Redacted = []string{"/after/cpr", "/before/cpr"}
 
 	korr := update
@@ -224,6 +224,9 @@ func TestSchemaRejectsInvalidEvents(t *testing.T) {
 		{"schemaVersion 2", "update", func(m map[string]any) { m["schemaVersion"] = "2.0" }},
 		{"key not string", "snapshot", func(m map[string]any) {
 			sub(m, "object")["keys"] = map[string]any{"uid": 7}
+		}},
+		{"contentHash not sha256", "update", func(m map[string]any) {
+			sub(m, "integrity")["contentHash"] = "md5:00ff"
 		}},
 		{"redacted not pointer", "update", func(m map[string]any) {
 			sub(m, "classification")["redacted"] = []any{"after.cpr"}
