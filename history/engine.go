@@ -177,7 +177,8 @@ func LoadSource(tx *state.Tx, name string) (SourceState, error) {
 	return s, nil
 }
 
-func saveSource(tx *state.Tx, name string, s SourceState) error {
+// SaveSource writes a source's stored state.
+func SaveSource(tx *state.Tx, name string, s SourceState) error {
 	b, err := json.Marshal(s)
 	if err != nil {
 		return err
@@ -242,15 +243,15 @@ func LoadImage(tx *state.Tx, typ, id string) (*Image, error) { return loadImage(
 
 // batchCtx carries what one transaction needs.
 type batchCtx struct {
-	tx       *state.Tx
-	src      *SourceInfo
-	ss       *SourceState
-	seq      uint64
-	txid     string
-	emission string
+	tx        *state.Tx
+	src       *SourceInfo
+	ss        *SourceState
+	seq       uint64
+	txid      string
+	emission  string
 	reconcile bool
-	initial  bool
-	events   int
+	initial   bool
+	events    int
 }
 
 // change is a mapped object on its way to becoming an event.
@@ -566,10 +567,10 @@ func (s *Sink) ForReconcile() *Sink { c := *s; c.reconcile = true; return &c }
 func (s *Sink) Info() SourceInfo { return s.src }
 
 // Apply commits a batch (capture.Sink).
+//
+// A batch in hand is committed even if ctx is cancelled meanwhile: a
+// graceful stop finishes it, and the source acknowledges it.
 func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	if b.Snapshot != nil {
 		return s.applySnapshot(ctx, b)
 	}
@@ -602,7 +603,7 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 		}
 		bc.ss.LastApplied = Ptr(e.opt.Clock())
 		last, n = bc.seq, bc.events
-		return saveSource(tx, s.src.Name, *bc.ss)
+		return SaveSource(tx, s.src.Name, *bc.ss)
 	})
 	if err != nil {
 		return fmt.Errorf("source %q: commit batch: %w", s.src.Name, err)

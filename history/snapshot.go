@@ -127,7 +127,7 @@ func (s *Sink) applySnapshot(ctx context.Context, b capture.Batch) error {
 			}
 			if b.EpochBreak != "" && s.dryRun == nil {
 				s.breakEpoch(&ss, b.EpochBreak)
-				if err := saveSource(tx, s.src.Name, ss); err != nil {
+				if err := SaveSource(tx, s.src.Name, ss); err != nil {
 					return err
 				}
 			}
@@ -157,7 +157,7 @@ func (s *Sink) applySnapshot(ctx context.Context, b capture.Batch) error {
 					return err
 				}
 				ss.Checkpoint = b.Checkpoint
-				if err := saveSource(tx, s.src.Name, ss); err != nil {
+				if err := SaveSource(tx, s.src.Name, ss); err != nil {
 					return err
 				}
 			}
@@ -211,7 +211,7 @@ func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, c
 			if err := e.quarantine(bc, *ch, err); err != nil {
 				return err
 			}
-			if err := saveSource(tx, s.src.Name, ss); err != nil {
+			if err := SaveSource(tx, s.src.Name, ss); err != nil {
 				return err
 			}
 			continue
@@ -438,7 +438,7 @@ func (s *Sink) finish(ctx context.Context) error {
 			} else if err := putJSON2(st, metaKey, &meta); err != nil {
 				return err
 			}
-			return saveSource(tx, s.src.Name, *bc.ss)
+			return SaveSource(tx, s.src.Name, *bc.ss)
 		})
 		e.mu.Unlock()
 		if err != nil {

@@ -29,20 +29,20 @@ func Level(label string) int { return slices.Index(Levels, label) }
 
 // Config is one mapping entry of the configuration file.
 type Config struct {
-	Type           string               `yaml:"type"`
-	Source         string               `yaml:"source"`
-	Record         string               `yaml:"record"`
-	Where          string               `yaml:"where"`
-	ID             Field                `yaml:"id"`
-	Keys           map[string]Field     `yaml:"keys"`
-	Fields         map[string]Field     `yaml:"fields"`
-	ValidFrom      *Field               `yaml:"valid_from"`
-	ValidTo        *Field               `yaml:"valid_to"`
-	Classification string               `yaml:"classification"`
-	Category       string               `yaml:"category"`
-	Regulation     []string             `yaml:"regulation"`
-	Sikkerhed      string               `yaml:"sikkerhedsklassificering"`
-	Timezone       string               `yaml:"timezone"`
+	Type           string           `yaml:"type"`
+	Source         string           `yaml:"source"`
+	Record         string           `yaml:"record"`
+	Where          string           `yaml:"where"`
+	ID             Field            `yaml:"id"`
+	Keys           map[string]Field `yaml:"keys"`
+	Fields         map[string]Field `yaml:"fields"`
+	ValidFrom      *Field           `yaml:"valid_from"`
+	ValidTo        *Field           `yaml:"valid_to"`
+	Classification string           `yaml:"classification"`
+	Category       string           `yaml:"category"`
+	Regulation     []string         `yaml:"regulation"`
+	Sikkerhed      string           `yaml:"sikkerhedsklassificering"`
+	Timezone       string           `yaml:"timezone"`
 }
 
 // Field says where a value comes from: a source field (the short form
@@ -208,12 +208,11 @@ func Compile(c Config) (*Mapping, error) {
 		}
 		*vt.dst = &v
 	}
-	tz := c.Timezone
-	if tz == "" {
-		tz = "Europe/Copenhagen"
+	if c.Timezone == "" {
+		m.Timezone = "Europe/Copenhagen"
 	}
-	if m.loc, err = time.LoadLocation(tz); err != nil {
-		return nil, fmt.Errorf("mapping %s: timezone %q: %w", c.Type, tz, err)
+	if m.loc, err = time.LoadLocation(m.Timezone); err != nil {
+		return nil, fmt.Errorf("mapping %s: timezone %q: %w", c.Type, m.Timezone, err)
 	}
 	return m, nil
 }

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/history"
+	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/state"
+)
+
+func runCmd() *cobra.Command {
+	var path string
+	var once, allowDeletions bool
+	c := &cobra.Command{
+		Use:   "run -c FILE [--once]",
+		Short: "Run every source and receiver until SIGINT/SIGTERM",
+		Long: `Run captures changes from every configured source, commits them to the state file and delivers
+the event log to every receiver, until SIGINT or SIGTERM (then it finishes the batch in hand and
+exits 0). With --once it takes what the sources have now, delivers it to every receiver, prints a
+summary and exits.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			a, err := load(path, loadOptions{once: once, sources: true, stderr: c.ErrOrStderr(), override: allowDeletions})
+			if err != nil {
+				return err
+			}
+			defer a.close()
+			return a.run(c.Context(), once, c.OutOrStdout())
+		},
+	}
+	configFlag(c, &path)
+	c.Flags().BoolVar(&once, "once", false, "take what the sources have now, deliver it, and exit")
+	c.Flags().BoolVar(&allowDeletions, "allow-deletions", false, "apply snapshots even if they trip the deletion guard")
+	return c
+}
+
+// buildDispatcher opens every receiver (or only those named).
+func (a *app) buildDispatcher(only ...string) (*publish.Dispatcher, error) {
+	d := publish.NewDispatcher(a.db, redactor{a.maps}, a.log)
+	for _, re := range a.receivers {
+		if len(only) > 0 && re.Name != only[0] {
+			continue
+		}
+		r, err := a.buildReceiver(re)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		if err := d.Add(re.cfg, r); err != nil {
+			r.Close()
+			d.Close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
+	if err := a.openState(false); err != nil {
+		return err
+	}
+	if err := a.checkMappingChange(); err != nil {
+		return err
+	}
+	d, err := a.buildDispatcher()
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	engine, err := history.New(a.db, a.maps, history.Options{Log: a.log, Committed: d.Notify})
+	if err != nil {
+		return err
+	}
+	a.engine = engine
+	var startSeq uint64
+	_ = a.db.View(func(tx *state.Tx) error { startSeq = publish.LastSequence(tx); return nil })
+
+	stopControl, err := a.serveControl(ctx, d)
+	if err != nil {
+		return err
+	}
+	defer stopControl()
+
+	// Receivers run on their own context: on shutdown the sources stop
+	// first, so everything they committed can still go out.
+	dctx, stopDispatch := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDispatch()
+	dispatchDone := make(chan error, 1)
+	if !once {
+		go func() { dispatchDone <- d.Run(dctx, false) }()
+	}
+	a.log.Info("agent started", "state", a.cfg.State, "sources", len(a.sources), "receivers", len(a.receivers), "once", once)
+
+	var wg sync.WaitGroup
+	errs := make([]error, len(a.sources))
+	for i, s := range a.sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = a.runSource(ctx, s, once)
+		}()
+	}
+	wg.Wait()
+	srcErr := errors.Join(errs...)
+
+	var dispErr error
+	if once {
+		dispErr = d.Run(dctx, true)
+	} else {
+		// Give receivers a moment to send what was just committed.
+		drain, cancel := context.WithTimeout(dctx, 5*time.Second)
+		_ = d.Run(drain, true)
+		cancel()
+		stopDispatch()
+		if err := <-dispatchDone; err != nil && !ctxErr(err) {
+			dispErr = err
+		}
+	}
+	if once {
+		if err := a.summary(out, startSeq); err != nil {
+			return err
+		}
+	}
+	a.log.Info("agent stopped")
+	return errors.Join(srcErr, dispErr)
+}
+
+// runSource runs one source: finish an interrupted snapshot, reconcile if
+// continuity broke, then stream. Failures are retried with backoff until
+// ctx ends, except a tripped deletion guard, which stops the source.
+func (a *app) runSource(ctx context.Context, s *sourceEntry, once bool) error {
+	sink := a.engine.Sink(s.info)
+	wait := time.Second
+	for {
+		err := a.runSourceOnce(ctx, s, sink)
+		switch {
+		case err == nil || ctx.Err() != nil:
+			return nil
+		case errors.Is(err, history.ErrDeletionGuard):
+			a.log.Error("source stopped by the deletion guard", "source", s.Name, "error", err)
+			return err
+		case once:
+			return fmt.Errorf("source %q: %w", s.Name, err)
+		}
+		a.log.Error("source failed; restarting", "source", s.Name, "retry_in", wait, "error", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Minute)
+	}
+}
+
+func (a *app) runSourceOnce(ctx context.Context, s *sourceEntry, sink *history.Sink) error {
+	if err := sink.Recover(ctx); err != nil {
+		return err
+	}
+	ss, err := a.sourceState(s.Name)
+	if err != nil {
+		return err
+	}
+	if ss.PendingReconcile {
+		if sn, ok := s.src.(capture.Snapshotter); ok && ss.Checkpoint != nil {
+			a.log.Info("reconciling: a full snapshot; only drift is emitted", "source", s.Name, "epoch", ss.Epoch, "reason", ss.EpochReason)
+			if err := sn.Snapshot(ctx, sink.ForReconcile()); err != nil {
+				return err
+			}
+			if ss, err = a.sourceState(s.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return s.src.Run(ctx, ss.Checkpoint, sink)
+}
+
+func (a *app) sourceState(name string) (history.SourceState, error) {
+	var ss history.SourceState
+	err := a.db.View(func(tx *state.Tx) error {
+		var err error
+		ss, err = history.LoadSource(tx, name)
+		return err
+	})
+	return ss, err
+}
+
+// summary prints the events this run appended, per type and operation.
+func (a *app) summary(out io.Writer, from uint64) error {
+	counts := map[string]map[string]int{}
+	total := 0
+	err := a.db.View(func(tx *state.Tx) error {
+		return tx.ScanFrom(state.Log, nil, state.U64(from+1), func(_, v []byte) error {
+			var ev struct {
+				Operation string `json:"operation"`
+				Object    struct {
+					Type string `json:"type"`
+				} `json:"object"`
+			}
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return err
+			}
+			if counts[ev.Object.Type] == nil {
+				counts[ev.Object.Type] = map[string]int{}
+			}
+			counts[ev.Object.Type][ev.Operation]++
+			total++
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "events this run: %d\n", total)
+	printCounts(out, counts)
+	return nil
+}
+
+func printCounts(out io.Writer, counts map[string]map[string]int) {
+	types := make([]string, 0, len(counts))
+	for t := range counts {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	for _, t := range types {
+		fmt.Fprintf(out, "  %-24s", t)
+		for _, op := range []string{history.OpSnapshot, history.OpCreate, history.OpUpdate, history.OpDelete, history.OpUndelete} {
+			if n := counts[t][op]; n > 0 {
+				fmt.Fprintf(out, " %s=%d", op, n)
+			}
+		}
+		fmt.Fprintln(out)
+	}
+}
