@@ -1,0 +1,161 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	kafkago "github.com/segmentio/kafka-go"
+)
+
+// Check tests what Deliver will need (connector check): every configured
+// broker answers (TLS and SASL included), the brokers' advertised
+// addresses are reachable from here, and the topics exist or may be
+// created. It changes nothing on the cluster.
+func (r *Receiver) Check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*r.s.Timeout)
+	defer cancel()
+
+	var md *kafkago.MetadataResponse
+	var problems []string
+	for _, b := range r.s.Brokers {
+		m, err := r.metadataFrom(ctx, b)
+		if err != nil {
+			problems = append(problems, r.explain("broker "+b, err, ""))
+			continue
+		}
+		if md == nil {
+			md = m
+		}
+	}
+	if md == nil {
+		return fmt.Errorf("kafka receiver %q: no broker answered: %s", r.name, strings.Join(problems, "; "))
+	}
+	for _, p := range problems {
+		r.log.Warn("kafka receiver: a bootstrap broker did not answer; the others did", "receiver", r.name, "problem", p)
+	}
+
+	// Produce requests go to the addresses the brokers advertise, not to
+	// the bootstrap list: a wrong advertised.listeners is a classic.
+	for _, b := range md.Brokers {
+		addr := net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
+		if _, err := r.metadataFrom(ctx, addr); err != nil {
+			return fmt.Errorf("kafka receiver %q: broker %d advertises %s, which does not answer from here: %s; records are produced to that address, so fix the broker's advertised.listeners, or DNS and firewalls",
+				r.name, b.ID, addr, r.explain("", err, ""))
+		}
+	}
+
+	existing := map[string]bool{}
+	for _, t := range md.Topics {
+		if t.Error == nil {
+			existing[t.Name] = true
+		}
+	}
+	if err := r.checkTemplate(ctx, r.s.topic, false, existing); err != nil {
+		return err
+	}
+	if r.s.hasStateTopic {
+		if err := r.checkTemplate(ctx, r.s.stateTopic, true, existing); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// metadataFrom reads the cluster metadata through broker addr alone.
+func (r *Receiver) metadataFrom(ctx context.Context, addr string) (*kafkago.MetadataResponse, error) {
+	c, done := r.freshClient(ctx, kafkago.TCP(addr))
+	defer done()
+	return c.Metadata(ctx, &kafkago.MetadataRequest{})
+}
+
+// checkTemplate checks the topics a template names: a fixed topic must
+// exist or be creatable; for a template, creation rights are checked, or,
+// with creation off, the topics that already match are listed.
+func (r *Receiver) checkTemplate(ctx context.Context, t template, state bool, existing map[string]bool) error {
+	if t.static() {
+		if existing[t.raw] {
+			if state {
+				r.checkCompacted(ctx, t.raw)
+			}
+			return nil
+		}
+		if !r.s.createTopics {
+			return fmt.Errorf("kafka receiver %q: topic %q does not exist and create_topics.enabled is false; create it (%s), or set create_topics.enabled: true",
+				r.name, t.raw, r.createCommand(t.raw, state))
+		}
+		return r.validateCreate(ctx, t.raw, state)
+	}
+	if r.s.createTopics {
+		return r.validateCreate(ctx, t.expand("check", "check"), state)
+	}
+	re := t.regexp()
+	var matching []string
+	for name := range existing {
+		if re.MatchString(name) {
+			matching = append(matching, name)
+		}
+	}
+	sort.Strings(matching)
+	r.log.Info("kafka receiver: create_topics is off; a topic must exist before the first event for it",
+		"receiver", r.name, "template", t.raw, "existing", strings.Join(matching, ","),
+		"create_with", r.createCommand(t.expand("SOURCE", "TYPE"), state))
+	return nil
+}
+
+// validateCreate asks the cluster whether it would create topic as
+// configured (CreateTopics with validate_only), without creating it.
+func (r *Receiver) validateCreate(ctx context.Context, topic string, state bool) error {
+	res, err := r.client.CreateTopics(ctx, &kafkago.CreateTopicsRequest{
+		Topics:       []kafkago.TopicConfig{r.topicConfig(topic, state)},
+		ValidateOnly: true,
+	})
+	if err == nil {
+		err = res.Errors[topic]
+	}
+	switch {
+	case err == nil, errors.Is(err, kafkago.TopicAlreadyExists):
+		return nil
+	case errors.Is(err, kafkago.TopicAuthorizationFailed), errors.Is(err, kafkago.ClusterAuthorizationFailed):
+		return fmt.Errorf("kafka receiver %q: create_topics is on, but the cluster does not let this client create topics (%v); grant the client's principal CREATE, or create the topics yourself (e.g. %s) and set create_topics.enabled: false",
+			r.name, err, r.createCommand(topic, state))
+	}
+	return fmt.Errorf("kafka receiver %q: the cluster would not create topic %q as configured: %s", r.name, topic,
+		r.explain("", err, "check create_topics: partitions, replication_factor (at most the number of brokers), retention, configs"))
+}
+
+// explain renders err with what it is about and how to fix it.
+func (r *Receiver) explain(about string, err error, fallback string) string {
+	msg := err.Error()
+	if about != "" {
+		msg = about + ": " + msg
+	}
+	h := r.hint(err, "")
+	if h == "" {
+		h = fallback
+	}
+	if h != "" {
+		msg += " (" + h + ")"
+	}
+	return msg
+}
+
+// regexp matches the topic names t can produce.
+func (t template) regexp() *regexp.Regexp {
+	var b strings.Builder
+	b.WriteString("^")
+	for _, p := range t.parts {
+		if p == "{source}" || p == "{type}" {
+			b.WriteString(`[a-z0-9._-]+`)
+			continue
+		}
+		b.WriteString(regexp.QuoteMeta(p))
+	}
+	b.WriteString("$")
+	return regexp.MustCompile(b.String())
+}

@@ -1,0 +1,307 @@
+package kafka
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	kafkago "github.com/segmentio/kafka-go"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/os2sandbox/connector/history"
+	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/testenv"
+)
+
+const installation = "0b6f1a52-5a0e-4c39-9d43-7f0c2a1e9b11"
+
+var tBase = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+
+// ev builds a canonical event: object typ/id at version, with sequence seq.
+// The event id is derived from seq, as the agent derives it from the
+// change, so a redelivery carries the same id.
+func ev(seq uint64, source, typ, id, op string, version uint64) history.Event {
+	at := tBase.Add(time.Duration(seq) * time.Millisecond)
+	e := history.Event{
+		SchemaVersion: history.SchemaVersion,
+		EventID:       uuid.NewSHA1(uuid.NameSpaceOID, fmt.Appendf(nil, "%s/%d", source, seq)).String(),
+		Sequence:      seq,
+		Emission:      history.EmissionLive,
+		Source:        history.SourceRef{Name: source, Type: "postgres", ID: "postgres://7301/" + source, Epoch: 1, Position: fmt.Sprintf("0/%X", seq)},
+		Object:        history.ObjectRef{Type: typ, ID: id, Version: version},
+		Operation:     op,
+		ChangeKind:    history.KindAendring,
+		Bitemporal: history.Bitemporal{
+			RegistreringFra: history.At(at), Registreringsaktoer: "connector",
+			VirkningFra: history.At(at), Virkningsaktoer: source, VirkningKilde: "commit-time",
+		},
+		Classification: history.Classification{Dataclassification: "internal"},
+		Trace:          history.Trace{TransactionID: fmt.Sprintf("tx-%d", seq/10)},
+		ObservedAt:     history.At(at.Add(time.Millisecond)),
+		Integrity:      history.Integrity{ContentHash: fmt.Sprintf("h-%s-%d", id, version)},
+	}
+	img := map[string]any{"id": id, "name": fmt.Sprintf("%s %s v%d", typ, id, version), "version": float64(version)}
+	prev := map[string]any{"id": id, "name": fmt.Sprintf("%s %s v%d", typ, id, version-1), "version": float64(version - 1)}
+	switch op {
+	case history.OpCreate, history.OpSnapshot, history.OpUndelete:
+		e.After = img
+	case history.OpUpdate:
+		e.Before, e.After, e.Changed = prev, img, []string{"name", "version"}
+	case history.OpDelete:
+		e.Before, e.Reason = prev, history.ReasonDeletedInSource
+	}
+	return e
+}
+
+// history of objects: n objects of type typ, each created and then updated
+// versions-1 times, interleaved round-robin, sequences from 1.
+func objectHistory(source, typ string, objects, versions int) []history.Event {
+	var out []history.Event
+	seq := uint64(0)
+	for v := 1; v <= versions; v++ {
+		for o := 0; o < objects; o++ {
+			seq++
+			op := history.OpUpdate
+			if v == 1 {
+				op = history.OpCreate
+			}
+			out = append(out, ev(seq, source, typ, fmt.Sprintf("o%03d", o), op, uint64(v)))
+		}
+	}
+	return out
+}
+
+// yamlNode parses a receiver's config entry.
+func yamlNode(t testing.TB, text string) *yaml.Node {
+	t.Helper()
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(text), &doc); err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	return doc.Content[0]
+}
+
+// openReceiver builds a receiver through the registered factory, as the
+// dispatcher does.
+func openReceiver(t testing.TB, log *testLog, config string) *Receiver {
+	t.Helper()
+	f, ok := publish.Lookup("kafka")
+	if !ok {
+		t.Fatal(`receiver type "kafka" is not registered`)
+	}
+	if log == nil {
+		log = &testLog{t: t}
+	}
+	r, err := f(yamlNode(t, config), publish.Options{Name: "events", InstallationID: installation, Log: log})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r.(*Receiver)
+}
+
+// testConfig is a minimal receiver config for broker addr plus extra lines.
+func testConfig(addr string, extra ...string) string {
+	return "name: events\ntype: kafka\nbrokers: [" + addr + "]\n" + strings.Join(extra, "\n") + "\n"
+}
+
+// testLog is a publish.Logger that keeps what was logged.
+type testLog struct {
+	t     testing.TB
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *testLog) add(level, msg string, args []any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b strings.Builder
+	b.WriteString(level + " " + msg)
+	for i := 0; i+1 < len(args); i += 2 {
+		fmt.Fprintf(&b, " %v=%v", args[i], args[i+1])
+	}
+	line := b.String()
+	l.lines = append(l.lines, line)
+	l.t.Log(line)
+}
+
+func (l *testLog) Info(msg string, args ...any)  { l.add("INFO", msg, args) }
+func (l *testLog) Warn(msg string, args ...any)  { l.add("WARN", msg, args) }
+func (l *testLog) Error(msg string, args ...any) { l.add("ERROR", msg, args) }
+func (l *testLog) Debug(msg string, args ...any) { l.add("DEBUG", msg, args) }
+
+func (l *testLog) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, x := range l.lines {
+		if strings.Contains(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// deliverAll delivers events the way the dispatcher does: in batches, and
+// after an error again from the first unconfirmed event, with backoff. It
+// fails the test on a RejectedError or when giving up takes longer than
+// patience.
+func deliverAll(t testing.TB, r publish.Receiver, events []history.Event, batch int, patience time.Duration) (errs int) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(patience)
+	backoff := 50 * time.Millisecond
+	for next := 0; next < len(events); {
+		end := min(next+batch, len(events))
+		err := r.Deliver(ctx, events[next:end])
+		if err == nil {
+			next = end
+			backoff = 50 * time.Millisecond
+			continue
+		}
+		var rej *publish.RejectedError
+		if errors.As(err, &rej) {
+			t.Fatalf("event %d rejected: %v", next+rej.Index, err)
+		}
+		errs++
+		next += publish.Confirmed(err)
+		if time.Now().After(deadline) {
+			t.Fatalf("still failing after %v: %v", patience, err)
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, time.Second)
+	}
+	return errs
+}
+
+var groupSeq atomic.Int64
+
+// consume reads topics with a kafka-go consumer group from the start until
+// it has seen every id in want (by ce_id header or by key for the state
+// topic when want is nil, until n records) and then nothing new for idle.
+func consume(t testing.TB, k *testenv.Kafka, topics []string, done func([]kafkago.Message) bool) []kafkago.Message {
+	t.Helper()
+	rd := kafkago.NewReader(kafkago.ReaderConfig{
+		Brokers:           []string{k.Addr},
+		GroupID:           fmt.Sprintf("test-%d-%d", time.Now().UnixNano(), groupSeq.Add(1)),
+		GroupTopics:       topics,
+		StartOffset:       kafkago.FirstOffset,
+		MaxBytes:          10 << 20,
+		MaxWait:           200 * time.Millisecond,
+		HeartbeatInterval: 500 * time.Millisecond,
+		SessionTimeout:    6 * time.Second,
+		RebalanceTimeout:  2 * time.Second,
+		JoinGroupBackoff:  200 * time.Millisecond,
+		ReadBackoffMin:    20 * time.Millisecond,
+		ReadBackoffMax:    200 * time.Millisecond,
+	})
+	defer rd.Close()
+	var out []kafkago.Message
+	deadline := time.Now().Add(60 * time.Second)
+	idle := time.Duration(0)
+	for {
+		wait := time.Second
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		m, err := rd.FetchMessage(ctx)
+		cancel()
+		if err == nil {
+			out = append(out, m)
+			idle = 0
+			continue
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("consume %v: %v", topics, err)
+		}
+		idle += wait
+		if done(out) && idle >= 2*time.Second {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consume %v: gave up after 60s with %d records", topics, len(out))
+		}
+	}
+}
+
+// header returns a record header's value.
+func header(m kafkago.Message, key string) string {
+	for _, h := range m.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// haveIDs is a consume stop condition: every event id of events was seen.
+func haveIDs(events []history.Event, id func(kafkago.Message) string) func([]kafkago.Message) bool {
+	return func(ms []kafkago.Message) bool {
+		seen := map[string]bool{}
+		for _, m := range ms {
+			seen[id(m)] = true
+		}
+		for _, e := range events {
+			if !seen[e.EventID] {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func ceID(m kafkago.Message) string { return header(m, "ce_id") }
+
+// checkDelivery asserts that got holds every event exactly as rendered
+// (duplicates identical), and, per key, first copies in sequence order
+// and all on one partition.
+func checkDelivery(t testing.TB, events []history.Event, got []kafkago.Message) {
+	t.Helper()
+	want := map[string]history.Event{}
+	for _, e := range events {
+		want[e.EventID] = e
+	}
+	first := map[string][]byte{}
+	lastSeq := map[string]uint64{}
+	partOf := map[string]int{}
+	dups := 0
+	for _, m := range got {
+		id := header(m, "ce_id")
+		e, ok := want[id]
+		if !ok {
+			t.Fatalf("record with unknown ce_id %q", id)
+		}
+		if string(m.Key) != e.Object.Type+"/"+e.Object.ID {
+			t.Fatalf("event %s has key %q", id, m.Key)
+		}
+		key := string(m.Key)
+		if p, ok := partOf[key]; ok && p != m.Partition {
+			t.Fatalf("key %s on partitions %d and %d", key, p, m.Partition)
+		}
+		partOf[key] = m.Partition
+		if v, ok := first[id]; ok {
+			dups++
+			if string(v) != string(m.Value) {
+				t.Fatalf("duplicate of %s differs:\n%s\n%s", id, v, m.Value)
+			}
+			continue
+		}
+		first[id] = m.Value
+		if e.Sequence <= lastSeq[key] {
+			t.Fatalf("key %s: sequence %d arrived after %d", key, e.Sequence, lastSeq[key])
+		}
+		lastSeq[key] = e.Sequence
+		var back history.Event
+		if err := json.Unmarshal(m.Value, &back); err != nil || back.Sequence != e.Sequence {
+			t.Fatalf("value of %s: %v (sequence %d)", id, err, back.Sequence)
+		}
+	}
+	if len(first) != len(events) {
+		t.Fatalf("%d of %d events on Kafka", len(first), len(events))
+	}
+	t.Logf("%d events, %d records (%d duplicates), %d keys", len(events), len(got), dups, len(lastSeq))
+}

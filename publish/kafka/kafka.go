@@ -1,0 +1,319 @@
+// Package kafka is the Kafka receiver: it produces the agent's events to
+// Kafka topics with github.com/segmentio/kafka-go and says truthfully which
+// of them Kafka confirmed.
+//
+// # Delivery and order
+//
+// Every event becomes one record on its event topic (and, with a state
+// topic, one more record there), keyed by object type "/" object id and
+// placed by the murmur2 hash of that key, as Java producers do, so all
+// events of one object share a partition. Records are produced with
+// acks=all. Deliver returns nil only when every record of the batch is
+// confirmed.
+//
+// kafka-go's Writer is not used: it writes the batches of one partition
+// independently and keeps writing in the background after its caller gave
+// up, so after a failure a later event of an object can be on Kafka while
+// an earlier one is not, and a retry would put them out of order. Deliver
+// instead drives kafka-go's Client.Produce itself:
+//
+//   - The batch is cut into rounds; in a round each partition gets at most
+//     one produce request (batch_size records, batch_bytes bytes), and the
+//     partitions are produced concurrently. The next round starts only
+//     when the whole round is confirmed.
+//   - Each request is bounded by timeout and attempted once (no hidden
+//     retries); Deliver returns only after every request it started has
+//     been answered or has timed out.
+//   - After a failure no further request is sent, so for every partition
+//     the records on Kafka are a prefix of the records Deliver meant for it.
+//     Deliver reports the events before the first failed one as confirmed
+//     (a *publish.PartialError); the dispatcher redelivers the rest.
+//
+// Hence the first copy of each event on a partition is in sequence order;
+// redelivery may add a second, identical copy (same ce_id) of events that
+// other partitions had already taken. Consumers deduplicate on the event id.
+//
+// A record the broker refuses for good (too large, invalid, topic not
+// writable) turns into a *publish.RejectedError for its event, which the
+// dispatcher dead-letters, so one bad event never stalls the receiver. A
+// batch the broker refuses as too large is split in halves until the
+// offending event is alone.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/os2sandbox/connector/history"
+	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/render"
+)
+
+func init() { publish.Register("kafka", New) }
+
+// Receiver produces events to Kafka. It implements publish.Receiver and
+// publish.Checker.
+type Receiver struct {
+	name string
+	s    *settings
+	log  publish.Logger
+	ce   render.CloudEvents
+
+	addr      net.Addr
+	transport *kafkago.Transport
+	client    *kafkago.Client
+	stop      context.CancelFunc // ends the transport's background work
+
+	mu     sync.Mutex // one Deliver at a time; guards topics and names
+	topics map[string]*topicInfo
+	names  map[[2]string][2]string // (source name, object type) → (event topic, state topic)
+}
+
+var (
+	_ publish.Receiver = (*Receiver)(nil)
+	_ publish.Checker  = (*Receiver)(nil)
+)
+
+// New builds a kafka receiver from its configuration node. It does not
+// connect; the first Deliver or Check does.
+func New(node *yaml.Node, opts publish.Options) (publish.Receiver, error) {
+	s, err := decodeConfig(node, opts.Name)
+	if err != nil {
+		return nil, err
+	}
+	return newReceiver(s, opts)
+}
+
+func newReceiver(s *settings, opts publish.Options) (*Receiver, error) {
+	if opts.InstallationID == "" {
+		return nil, fmt.Errorf("kafka receiver %q: no installation id (the CloudEvents source needs it)", opts.Name)
+	}
+	tc, err := tlsConfig(opts.Name, s.TLS)
+	if err != nil {
+		return nil, err
+	}
+	mech, err := saslMechanism(opts.Name, s)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Log
+	if log == nil {
+		log = nopLogger{}
+	}
+	if tc != nil && tc.InsecureSkipVerify {
+		log.Warn("kafka receiver: TLS certificate verification is OFF (tls.insecure_skip_verify); anyone on the network path can read and alter events and credentials. Use tls.ca_file instead.",
+			"receiver", opts.Name)
+	}
+	if s.saslMechanism == "plain" && tc == nil {
+		log.Warn("kafka receiver: SASL PLAIN without TLS sends the password in clear text; configure tls",
+			"receiver", opts.Name)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	transport := &kafkago.Transport{
+		DialTimeout: min(s.Timeout, 10*time.Second),
+		ClientID:    s.ClientID,
+		TLS:         tc,
+		SASL:        mech,
+		Context:     ctx,
+	}
+	addr := kafkago.TCP(s.Brokers...)
+	r := &Receiver{
+		name:      opts.Name,
+		s:         s,
+		log:       log,
+		ce:        render.CloudEvents{InstallationID: opts.InstallationID, TypePrefix: s.TypePrefix},
+		addr:      addr,
+		transport: transport,
+		client:    &kafkago.Client{Addr: addr, Transport: transport, Timeout: s.Timeout},
+		stop:      stop,
+		topics:    map[string]*topicInfo{},
+		names:     map[[2]string][2]string{},
+	}
+	log.Info("kafka receiver ready", "receiver", opts.Name, "brokers", strings.Join(s.Brokers, ","),
+		"topic", s.Topic, "format", s.Format, "state_topic", stateTopicLog(s),
+		"compression", s.Compression, "tls", tc != nil, "sasl", s.saslMechanism)
+	return r, nil
+}
+
+func stateTopicLog(s *settings) string {
+	if !s.hasStateTopic {
+		return "off"
+	}
+	return s.StateTopic.Topic
+}
+
+// Close releases the connections. Deliver leaves nothing buffered.
+func (r *Receiver) Close() error {
+	r.stop()
+	r.transport.CloseIdleConnections()
+	return nil
+}
+
+// message is one Kafka record to produce and the event it belongs to.
+type message struct {
+	event     int // index in the Deliver batch
+	topic     string
+	partition int
+	key       []byte
+	value     []byte // nil: a tombstone
+	headers   []kafkago.Header
+	size      int // estimated bytes in a record batch
+}
+
+// Deliver produces events and returns nil once Kafka confirmed all of them;
+// see the package documentation for what an error means.
+func (r *Receiver) Deliver(ctx context.Context, events []history.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(events) == 0 {
+		return nil
+	}
+	perEvent := 1
+	if r.s.hasStateTopic {
+		perEvent = 2
+	}
+	msgs := make([]message, 0, perEvent*len(events))
+	limit, stop := len(events), error(nil) // events[limit] cannot go now, because of stop
+	for i := range events {
+		n := len(msgs)
+		var err error
+		msgs, err = r.appendMessages(ctx, msgs, i, &events[i])
+		if err != nil {
+			msgs = msgs[:n]
+			limit, stop = i, err
+			break
+		}
+	}
+	if limit > 0 {
+		failed, err := r.produce(ctx, msgs)
+		if err != nil {
+			return r.failure(failed, err)
+		}
+	}
+	if stop != nil {
+		return r.failure(limit, stop)
+	}
+	return nil
+}
+
+// failure turns the first failed event index and its cause into the
+// error the dispatcher understands.
+func (r *Receiver) failure(index int, err error) error {
+	var rej *rejection
+	if errors.As(err, &rej) {
+		return &publish.RejectedError{Index: index, Err: err}
+	}
+	if index == 0 {
+		return err
+	}
+	return &publish.PartialError{Confirmed: index, Err: err}
+}
+
+// rejection marks an error that refuses an event for good.
+type rejection struct{ err error }
+
+func (e *rejection) Error() string { return e.err.Error() }
+func (e *rejection) Unwrap() error { return e.err }
+
+// appendMessages renders event i and appends its records.
+func (r *Receiver) appendMessages(ctx context.Context, msgs []message, i int, e *history.Event) ([]message, error) {
+	topic, stateTopic := r.topicNames(e)
+	key := []byte(render.Key(e))
+	m := message{event: i, topic: topic, key: key}
+	var err error
+	switch r.s.Format {
+	case FormatBinary:
+		var data []byte
+		if data, err = render.Data(e); err != nil {
+			break
+		}
+		m.value = data
+		m.headers = headers(render.Binary(r.ce.Attributes(e), "ce_"))
+	case FormatStructured:
+		var data []byte
+		if data, err = render.Data(e); err != nil {
+			break
+		}
+		m.value = render.Structured(r.ce.Attributes(e), data)
+		m.headers = []kafkago.Header{{Key: "content-type", Value: []byte(render.ContentTypeStructured)}}
+	case FormatDebezium:
+		if m.value, err = render.DebeziumJSON(e); err != nil {
+			break
+		}
+		m.headers = []kafkago.Header{{Key: "content-type", Value: []byte(render.ContentTypeJSON)}}
+	}
+	if err != nil {
+		return msgs, &rejection{fmt.Errorf("kafka receiver %q: %w", r.name, err)}
+	}
+	if m.partition, err = r.partition(ctx, topic, false, key); err != nil {
+		return msgs, err
+	}
+	m.size = recordSize(&m)
+	msgs = append(msgs, m)
+	if !r.s.hasStateTopic {
+		return msgs, nil
+	}
+	s := message{event: i, topic: stateTopic, key: key, headers: []kafkago.Header{
+		{Key: "connector-event-id", Value: []byte(e.EventID)},
+		{Key: "connector-sequence", Value: []byte(render.Sequence(e.Sequence))},
+	}}
+	if e.Operation != history.OpDelete && e.After != nil {
+		if s.value, err = jsonValue(e.After); err != nil {
+			return msgs, &rejection{fmt.Errorf("kafka receiver %q: state of %s: %w", r.name, render.Key(e), err)}
+		}
+		s.headers = append(s.headers, kafkago.Header{Key: "content-type", Value: []byte(render.ContentTypeJSON)})
+	}
+	if s.partition, err = r.partition(ctx, stateTopic, true, key); err != nil {
+		return msgs, err
+	}
+	s.size = recordSize(&s)
+	return append(msgs, s), nil
+}
+
+// topicNames returns the event and state topic of e, cached per source
+// and type.
+func (r *Receiver) topicNames(e *history.Event) (string, string) {
+	k := [2]string{e.Source.Name, e.Object.Type}
+	if n, ok := r.names[k]; ok {
+		return n[0], n[1]
+	}
+	n := [2]string{r.s.topic.expand(k[0], k[1]), ""}
+	if r.s.hasStateTopic {
+		n[1] = r.s.stateTopic.expand(k[0], k[1])
+	}
+	r.names[k] = n
+	return n[0], n[1]
+}
+
+func headers(attrs []render.Attribute) []kafkago.Header {
+	h := make([]kafkago.Header, len(attrs))
+	for i, a := range attrs {
+		h[i] = kafkago.Header{Key: a.Name, Value: []byte(a.Value)}
+	}
+	return h
+}
+
+// recordSize estimates a record's bytes in a v2 record batch: the
+// payload plus varint lengths and attributes.
+func recordSize(m *message) int {
+	n := 16 + len(m.key) + len(m.value)
+	for _, h := range m.headers {
+		n += 4 + len(h.Key) + len(h.Value)
+	}
+	return n
+}
+
+type nopLogger struct{}
+
+func (nopLogger) Info(string, ...any)  {}
+func (nopLogger) Warn(string, ...any)  {}
+func (nopLogger) Error(string, ...any) {}
+func (nopLogger) Debug(string, ...any) {}
