@@ -28,6 +28,9 @@ type Config struct {
 	Filter         Filter `yaml:"filter"`
 	Batch          int    `yaml:"batch"`
 	Retry          Retry  `yaml:"retry"`
+	// Rate caps delivery at this many events per second (0: no cap), to
+	// spare a fragile receiver; the log absorbs the difference.
+	Rate float64 `yaml:"rate"`
 }
 
 // Filter selects events by object type and operation (empty: all).
@@ -192,7 +195,7 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, once bool) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		cur, batch, last, err := d.read(o)
+		cur, batch, err := d.read(o)
 		if err != nil {
 			return err
 		}
@@ -217,7 +220,14 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, once bool) error {
 				return err
 			}
 			backoff = o.cfg.Retry.Initial
-			_ = last
+			if o.cfg.Rate > 0 && len(batch.events) > 0 {
+				pause := time.Duration(float64(len(batch.events)) / o.cfg.Rate * float64(time.Second))
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(pause):
+				}
+			}
 			continue
 		}
 		if ctx.Err() != nil {
@@ -265,16 +275,14 @@ type readBatch struct {
 }
 
 // read takes up to Batch events after the cursor, filtered and redacted.
-func (d *Dispatcher) read(o *output) (Cursor, readBatch, uint64, error) {
+func (d *Dispatcher) read(o *output) (Cursor, readBatch, error) {
 	var cur Cursor
 	var rb readBatch
-	var last uint64
 	err := d.db.View(func(tx *state.Tx) error {
 		var err error
 		if cur, _, err = LoadCursor(tx, o.cfg.Name); err != nil {
 			return err
 		}
-		last = LastSequence(tx)
 		rb.through = cur.Delivered
 		looked := 0
 		return tx.ScanFrom(state.Log, nil, state.U64(cur.Delivered+1), func(k, v []byte) error {
@@ -293,7 +301,7 @@ func (d *Dispatcher) read(o *output) (Cursor, readBatch, uint64, error) {
 			return nil
 		})
 	})
-	return cur, rb, last, err
+	return cur, rb, err
 }
 
 // prepare applies the receiver's filter and redaction; ok is false when

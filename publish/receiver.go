@@ -103,7 +103,7 @@ type Logger interface {
 type Factory func(node *yaml.Node, opts Options) (Receiver, error)
 
 // CommonKeys are the receiver keys the dispatcher owns.
-var CommonKeys = []string{"name", "type", "start", "filter", "classification", "batch", "retry"}
+var CommonKeys = []string{"name", "type", "start", "filter", "classification", "batch", "retry", "rate"}
 
 var (
 	mu        sync.RWMutex
