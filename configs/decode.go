@@ -67,11 +67,18 @@ func Decode(file string, node *yaml.Node, v any, ignore ...string) error {
 	if err := checkKeys(file, node, reflect.TypeOf(v), ignore); err != nil {
 		return err
 	}
+	return DecodeTypes(file, node, v)
+}
+
+// DecodeTypes decodes node into v without checking for unknown keys (for
+// the part of an entry that is shared with an adapter, which checks them);
+// type errors name the file and line.
+func DecodeTypes(file string, node *yaml.Node, v any) error {
 	if err := node.Decode(v); err != nil {
 		var te *yaml.TypeError
 		if errors.As(err, &te) && len(te.Errors) > 0 {
 			// yaml.v3 says "line N: cannot unmarshal !!str `abc` into int".
-			msg := te.Errors[0]
+			msg := strings.TrimSpace(te.Errors[0])
 			line := 0
 			if _, err := fmt.Sscanf(msg, "line %d:", &line); err == nil {
 				msg = strings.TrimSpace(msg[strings.Index(msg, ":")+1:])

@@ -61,6 +61,9 @@ type loadOptions struct {
 // load reads and checks the whole configuration. Every error it returns
 // is a configs.Error (exit code 2).
 func load(path string, opt loadOptions) (*app, error) {
+	if path == "" {
+		return nil, usageErr("-c FILE is required: the configuration file (configs/ has examples)")
+	}
 	cfg, err := configs.Load(path)
 	if err != nil {
 		return nil, err
@@ -90,8 +93,8 @@ func load(path string, opt loadOptions) (*app, error) {
 	// Sources.
 	for _, e := range cfg.Sources {
 		se := &sourceEntry{Entry: e}
-		if err := e.Node.Decode(&se.common); err != nil {
-			return nil, configs.Errorf(path, e.Node, "", "source %q: %v", e.Name, err)
+		if err := configs.DecodeTypes(path, e.Node, &se.common); err != nil {
+			return nil, err
 		}
 		f, ok := capture.Lookup(e.Type)
 		if !ok {
@@ -113,8 +116,8 @@ func load(path string, opt loadOptions) (*app, error) {
 			src, err := f(e.Node, capture.Options{Name: e.Name, File: path, Records: maps.Records(e.Name), Once: opt.once,
 				Log: a.log.With("source", e.Name)})
 			if err != nil {
-				if configs.IsConfigError(err) {
-					return nil, err
+				if ce := configErr(err, path); ce != nil {
+					return nil, ce
 				}
 				return nil, configs.Errorf(path, e.Node, "", "source %q: %v", e.Name, err)
 			}
@@ -138,8 +141,8 @@ func load(path string, opt loadOptions) (*app, error) {
 			publish.Config `yaml:",inline"`
 			Rest           map[string]yaml.Node `yaml:",inline"`
 		}
-		if err := e.Node.Decode(&rc); err != nil {
-			return nil, configs.Errorf(path, e.Node, "see the receiver reference in README.md", "receiver %q: %v", e.Name, err)
+		if err := configs.DecodeTypes(path, e.Node, &rc); err != nil {
+			return nil, err
 		}
 		re.cfg = rc.Config
 		if _, ok := publish.Lookup(e.Type); !ok {
@@ -215,8 +218,8 @@ func (a *app) buildReceiver(re *receiverEntry) (publish.Receiver, error) {
 	}
 	r, err := f(re.Node, publish.Options{Name: re.Name, File: a.cfg.Path, InstallationID: inst, Log: a.log.With("receiver", re.Name)})
 	if err != nil {
-		if configs.IsConfigError(err) {
-			return nil, err
+		if ce := configErr(err, a.cfg.Path); ce != nil {
+			return nil, ce
 		}
 		return nil, fmt.Errorf("receiver %q: %w", re.Name, err)
 	}
@@ -320,3 +323,16 @@ func ctxErr(err error) bool {
 }
 
 func errIs(err, target error) bool { return errors.Is(err, target) }
+
+// configErr returns err's configuration error with the file name filled
+// in (adapters do not know it), or nil if err is not one.
+func configErr(err error, path string) error {
+	var ce *configs.Error
+	if !errors.As(err, &ce) {
+		return nil
+	}
+	if ce.File == "" {
+		ce.File = path
+	}
+	return err
+}

@@ -51,8 +51,7 @@ each at its own pace — and replays history into a new receiver at any time.`,
 
 // configFlag adds the -c flag every command but version takes.
 func configFlag(c *cobra.Command, path *string) {
-	c.Flags().StringVarP(path, "config", "c", "", "configuration file (YAML)")
-	_ = c.MarkFlagRequired("config")
+	c.Flags().StringVarP(path, "config", "c", "", "configuration file (YAML), required")
 }
 
 func versionCmd() *cobra.Command {
