@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
 )
@@ -56,13 +57,24 @@ func (r *Receiver) Check(ctx context.Context) error {
 			existing[t.Name] = true
 		}
 	}
-	if err := r.checkTemplate(ctx, r.s.topic, false, existing); err != nil {
-		return err
-	}
-	if r.s.hasStateTopic {
-		if err := r.checkTemplate(ctx, r.s.stateTopic, true, existing); err != nil {
+	var create []creation
+	for _, t := range []struct {
+		template
+		state bool
+	}{{r.s.topic, false}, {r.s.stateTopic, true}} {
+		if t.state && !r.s.hasStateTopic {
+			continue
+		}
+		tc, err := r.checkTemplate(ctx, t.template, t.state, existing)
+		if err != nil {
 			return err
 		}
+		if tc != nil {
+			create = append(create, creation{*tc, t.state})
+		}
+	}
+	if len(create) > 0 {
+		return r.validateCreate(ctx, create)
 	}
 	return nil
 }
@@ -76,23 +88,26 @@ func (r *Receiver) metadataFrom(ctx context.Context, addr string) (*kafkago.Meta
 
 // checkTemplate checks the topics a template names: a fixed topic must
 // exist or be creatable; for a template, creation rights are checked, or,
-// with creation off, the topics that already match are listed.
-func (r *Receiver) checkTemplate(ctx context.Context, t template, state bool, existing map[string]bool) error {
+// with creation off, the topics that already match are listed. It returns
+// the topic to validate creation of, if any.
+func (r *Receiver) checkTemplate(ctx context.Context, t template, state bool, existing map[string]bool) (*kafkago.TopicConfig, error) {
 	if t.static() {
 		if existing[t.raw] {
 			if state {
 				r.checkCompacted(ctx, t.raw)
 			}
-			return nil
+			return nil, nil
 		}
 		if !r.s.createTopics {
-			return fmt.Errorf("kafka receiver %q: topic %q does not exist and create_topics.enabled is false; create it (%s), or set create_topics.enabled: true",
+			return nil, fmt.Errorf("kafka receiver %q: topic %q does not exist and create_topics.enabled is false; create it (%s), or set create_topics.enabled: true",
 				r.name, t.raw, r.createCommand(t.raw, state))
 		}
-		return r.validateCreate(ctx, t.raw, state)
+		tc := r.topicConfig(t.raw, state)
+		return &tc, nil
 	}
 	if r.s.createTopics {
-		return r.validateCreate(ctx, t.expand("check", "check"), state)
+		tc := r.topicConfig(t.expand("check", "check"), state)
+		return &tc, nil
 	}
 	re := t.regexp()
 	var matching []string
@@ -105,28 +120,47 @@ func (r *Receiver) checkTemplate(ctx context.Context, t template, state bool, ex
 	r.log.Info("kafka receiver: create_topics is off; a topic must exist before the first event for it",
 		"receiver", r.name, "template", t.raw, "existing", strings.Join(matching, ","),
 		"create_with", r.createCommand(t.expand("SOURCE", "TYPE"), state))
-	return nil
+	return nil, nil
 }
 
-// validateCreate asks the cluster whether it would create topic as
-// configured (CreateTopics with validate_only), without creating it.
-func (r *Receiver) validateCreate(ctx context.Context, topic string, state bool) error {
-	res, err := r.client.CreateTopics(ctx, &kafkago.CreateTopicsRequest{
-		Topics:       []kafkago.TopicConfig{r.topicConfig(topic, state)},
-		ValidateOnly: true,
-	})
-	if err == nil {
-		err = res.Errors[topic]
+// creation is a topic Check would have the receiver create.
+type creation struct {
+	config kafkago.TopicConfig
+	state  bool
+}
+
+// validateCreate asks the cluster whether it would create the topics as
+// configured (CreateTopics with validate_only), without creating them.
+func (r *Receiver) validateCreate(ctx context.Context, topics []creation) error {
+	// kafka-go waits after every successful CreateTopics until the topics
+	// show in its metadata, which after validate_only never happens: it
+	// returns the answer when ctx ends. So: a client of our own and a
+	// short deadline, ample for a cluster that has just answered metadata
+	// requests.
+	ctx, cancel := context.WithTimeout(ctx, min(r.s.Timeout, 2*time.Second))
+	defer cancel()
+	c, done := r.freshClient(ctx, r.addr)
+	defer done()
+	req := &kafkago.CreateTopicsRequest{ValidateOnly: true}
+	for _, t := range topics {
+		req.Topics = append(req.Topics, t.config)
 	}
-	switch {
-	case err == nil, errors.Is(err, kafkago.TopicAlreadyExists):
-		return nil
-	case errors.Is(err, kafkago.TopicAuthorizationFailed), errors.Is(err, kafkago.ClusterAuthorizationFailed):
-		return fmt.Errorf("kafka receiver %q: create_topics is on, but the cluster does not let this client create topics (%v); grant the client's principal CREATE, or create the topics yourself (e.g. %s) and set create_topics.enabled: false",
-			r.name, err, r.createCommand(topic, state))
+	res, err := c.CreateTopics(ctx, req)
+	for _, t := range topics {
+		if err == nil {
+			err = res.Errors[t.config.Topic]
+		}
+		switch {
+		case err == nil, errors.Is(err, kafkago.TopicAlreadyExists):
+			continue
+		case errors.Is(err, kafkago.TopicAuthorizationFailed), errors.Is(err, kafkago.ClusterAuthorizationFailed):
+			return fmt.Errorf("kafka receiver %q: create_topics is on, but the cluster does not let this client create topics (%v); grant the client's principal CREATE, or create the topics yourself (e.g. %s) and set create_topics.enabled: false",
+				r.name, err, r.createCommand(t.config.Topic, t.state))
+		}
+		return fmt.Errorf("kafka receiver %q: the cluster would not create topic %q as configured: %s", r.name, t.config.Topic,
+			r.explain("", err, "check create_topics: partitions, replication_factor (at most the number of brokers), retention, configs"))
 	}
-	return fmt.Errorf("kafka receiver %q: the cluster would not create topic %q as configured: %s", r.name, topic,
-		r.explain("", err, "check create_topics: partitions, replication_factor (at most the number of brokers), retention, configs"))
+	return nil
 }
 
 // explain renders err with what it is about and how to fix it.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -304,4 +306,40 @@ func checkDelivery(t testing.TB, events []history.Event, got []kafkago.Message) 
 		t.Fatalf("%d of %d events on Kafka", len(first), len(events))
 	}
 	t.Logf("%d events, %d records (%d duplicates), %d keys", len(events), len(got), dups, len(lastSeq))
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func itoaSlice(ns []int) string { return fmt.Sprint(ns) }
+
+// hungListener accepts connections and never answers; it returns its
+// address.
+func hungListener(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
 }

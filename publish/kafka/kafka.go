@@ -72,9 +72,12 @@ type Receiver struct {
 	client    *kafkago.Client
 	stop      context.CancelFunc // ends the transport's background work
 
-	mu     sync.Mutex // one Deliver at a time; guards topics and names
-	topics map[string]*topicInfo
-	names  map[[2]string][2]string // (source name, object type) → (event topic, state topic)
+	mu      sync.Mutex // one Deliver at a time; guards topics and names
+	topics  map[string]*topicInfo
+	refused map[string]struct{} // topics whose last produce was refused for good
+	// refusedMu guards refused while a round's requests run concurrently.
+	refusedMu sync.Mutex
+	names     map[[2]string][2]string // (source name, object type) → (event topic, state topic)
 }
 
 var (
@@ -135,6 +138,7 @@ func newReceiver(s *settings, opts publish.Options) (*Receiver, error) {
 		client:    &kafkago.Client{Addr: addr, Transport: transport, Timeout: s.Timeout},
 		stop:      stop,
 		topics:    map[string]*topicInfo{},
+		refused:   map[string]struct{}{},
 		names:     map[[2]string][2]string{},
 	}
 	log.Info("kafka receiver ready", "receiver", opts.Name, "brokers", strings.Join(s.Brokers, ","),
@@ -173,35 +177,66 @@ type message struct {
 func (r *Receiver) Deliver(ctx context.Context, events []history.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(events) == 0 {
-		return nil
+	for start := 0; start < len(events); {
+		msgs, end, stop := r.build(ctx, events, start, true)
+		if len(msgs) > 0 {
+			if failed, err := r.produce(ctx, msgs); err != nil {
+				return r.failure(failed, err)
+			}
+		}
+		if end == len(events) {
+			return nil
+		}
+		if !errors.Is(stop, errRefusedBefore) {
+			return r.failure(end, stop)
+		}
+		// events[end] is bound for a topic that refused the last event
+		// sent to it. Probe with it alone: sending it in a round would
+		// resend every later event of the batch each time the
+		// dispatcher skips one refused event.
+		msgs, _, stop = r.build(ctx, events[:end+1], end, false)
+		if stop != nil {
+			return r.failure(end, stop)
+		}
+		if failed, err := r.produce(ctx, msgs); err != nil {
+			return r.failure(failed, err)
+		}
+		for _, m := range msgs {
+			delete(r.refused, m.topic)
+		}
+		start = end + 1
 	}
+	return nil
+}
+
+// errRefusedBefore stops a round before an event for a refusing topic.
+var errRefusedBefore = errors.New("topic refused the previous event")
+
+// build renders events[start:] until one cannot be sent now, and returns
+// their records, where it stopped and why. With probe set it stops before
+// an event bound for a topic in r.refused.
+func (r *Receiver) build(ctx context.Context, events []history.Event, start int, probe bool) ([]message, int, error) {
 	perEvent := 1
 	if r.s.hasStateTopic {
 		perEvent = 2
 	}
-	msgs := make([]message, 0, perEvent*len(events))
-	limit, stop := len(events), error(nil) // events[limit] cannot go now, because of stop
-	for i := range events {
+	msgs := make([]message, 0, perEvent*(len(events)-start))
+	for i := start; i < len(events); i++ {
 		n := len(msgs)
 		var err error
 		msgs, err = r.appendMessages(ctx, msgs, i, &events[i])
+		if err == nil && probe && len(r.refused) > 0 {
+			for _, m := range msgs[n:] {
+				if _, ok := r.refused[m.topic]; ok {
+					err = errRefusedBefore
+				}
+			}
+		}
 		if err != nil {
-			msgs = msgs[:n]
-			limit, stop = i, err
-			break
+			return msgs[:n], i, err
 		}
 	}
-	if limit > 0 {
-		failed, err := r.produce(ctx, msgs)
-		if err != nil {
-			return r.failure(failed, err)
-		}
-	}
-	if stop != nil {
-		return r.failure(limit, stop)
-	}
-	return nil
+	return msgs, len(events), nil
 }
 
 // failure turns the first failed event index and its cause into the

@@ -117,6 +117,9 @@ func (r *Receiver) sendChunk(ctx context.Context, topic string, partition int, m
 		}
 		fallthrough
 	case rejectTopic:
+		r.refusedMu.Lock()
+		r.refused[topic] = struct{}{}
+		r.refusedMu.Unlock()
 		return outcome{failed: msgs[0].event, err: &rejection{r.produceError(err, topic, partition)}}
 	}
 	return outcome{failed: msgs[0].event, err: r.produceError(err, topic, partition)}
