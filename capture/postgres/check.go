@@ -1,0 +1,413 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// server is what the checks learned about the server.
+type server struct {
+	Version  int // server_version_num
+	SystemID string
+	Database string
+	User     string
+	Tables   map[string]*tableInfo
+	Pub      *pubInfo
+	Slot     *slotInfo
+}
+
+type tableInfo struct {
+	Name     string // schema.table
+	OID      uint32
+	Kind     string // pg_class.relkind
+	Ident    string // pg_class.relreplident: d, n, f, i
+	PK       []string
+	IdentCol []string // columns of the replica identity
+	Key      []string // the key the agent uses: configured, else the primary key
+	Columns  []colInfo
+	Select   bool
+}
+
+type colInfo struct {
+	Name      string
+	Type      uint32
+	TypeName  string // format_type(atttypid, atttypmod)
+	Collation string // qualified collation name, "" for non-collatable
+}
+
+type pubInfo struct {
+	Insert, Update, Delete, Truncate, AllTables bool
+	Tables                                      map[string]pubTable
+}
+
+type pubTable struct{ Filtered bool } // row filter or column list (PostgreSQL 15+)
+
+type slotInfo struct {
+	Plugin, Type, Database string
+	Active                 bool
+	ActivePID              int32
+	ConfirmedFlush         string
+	Temporary              bool
+}
+
+// Check tests the connection, the server settings, the role, the tables,
+// the publication and the slot; the error lists every problem with its fix.
+func (s *Source) Check(ctx context.Context) error {
+	c, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	_, problems, err := s.inspect(ctx, c)
+	if err != nil {
+		return err
+	}
+	if repl, err := s.connectReplication(ctx); err != nil {
+		problems = append(problems, err)
+	} else {
+		repl.Close(context.Background())
+	}
+	return errors.Join(problems...)
+}
+
+// inspect reads the server's state and returns the problems that stop
+// capture, each naming the setting and the fix. err is for failures to ask.
+func (s *Source) inspect(ctx context.Context, c *pgx.Conn) (*server, []error, error) {
+	where := fmt.Sprintf("postgres source %q", s.name)
+	srv := &server{Tables: map[string]*tableInfo{}}
+	var walLevel string
+	var maxSlots, usedSlots, maxSenders, usedSenders int
+	var rolRepl, rolSuper bool
+	err := c.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, current_setting('wal_level'),
+		current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_catalog.pg_replication_slots)::int,
+		current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_catalog.pg_stat_replication)::int,
+		current_database(), current_user, r.rolreplication, r.rolsuper,
+		(SELECT system_identifier::text FROM pg_catalog.pg_control_system())
+		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user`).Scan(
+		&srv.Version, &walLevel, &maxSlots, &usedSlots, &maxSenders, &usedSenders,
+		&srv.Database, &srv.User, &rolRepl, &rolSuper, &srv.SystemID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: read server settings: %w", where, err)
+	}
+	var problems []error
+	add := func(format string, args ...any) {
+		problems = append(problems, fmt.Errorf(where+": "+format, args...))
+	}
+	if srv.Version < 100000 {
+		add("PostgreSQL %d is too old: logical replication with pgoutput needs 10 or newer (14 or newer for logical messages and heartbeats); upgrade the server", srv.Version)
+		return srv, problems, nil
+	}
+	if walLevel != "logical" {
+		add("wal_level is %q, logical replication needs \"logical\"; run ALTER SYSTEM SET wal_level = logical and restart the server", walLevel)
+	}
+	if !rolRepl && !rolSuper {
+		add("role %q lacks the REPLICATION attribute; run ALTER ROLE %s WITH REPLICATION", srv.User, quoteIdent(srv.User))
+	}
+
+	// Slot.
+	slot := &slotInfo{}
+	var pid *int32
+	var confirmed *string
+	var plugin, db *string
+	err = c.QueryRow(ctx, `SELECT plugin, slot_type, database, active, active_pid, confirmed_flush_lsn::text, temporary
+		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(
+		&plugin, &slot.Type, &db, &slot.Active, &pid, &confirmed, &slot.Temporary)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		slot = nil
+		if !*s.cfg.CreateSlot {
+			add("replication slot %q does not exist and create_slot is false; create it with SELECT pg_create_logical_replication_slot(%s, 'pgoutput'), or set create_slot: true",
+				s.cfg.Slot, quoteLiteral(s.cfg.Slot))
+		} else if usedSlots >= maxSlots {
+			add("all %d replication slots (max_replication_slots) are in use; run ALTER SYSTEM SET max_replication_slots = %d and restart the server, or drop an unused slot (SELECT slot_name FROM pg_replication_slots WHERE NOT active; SELECT pg_drop_replication_slot('name'))",
+				maxSlots, maxSlots+10)
+		}
+	case err != nil:
+		return nil, nil, fmt.Errorf("%s: read replication slot %q: %w", where, s.cfg.Slot, err)
+	default:
+		slot.Plugin, slot.Database = deref(plugin), deref(db)
+		if pid != nil {
+			slot.ActivePID = *pid
+		}
+		slot.ConfirmedFlush = deref(confirmed)
+		switch {
+		case slot.Type != "logical" || slot.Plugin != "pgoutput":
+			add("replication slot %q is a %s slot with plugin %q, the agent needs a logical pgoutput slot; set slot: to another name, or drop it with SELECT pg_drop_replication_slot(%s)",
+				s.cfg.Slot, slot.Type, slot.Plugin, quoteLiteral(s.cfg.Slot))
+		case slot.Database != srv.Database:
+			add("replication slot %q belongs to database %q, not %q; set slot: to another name", s.cfg.Slot, slot.Database, srv.Database)
+		case slot.Active:
+			add("replication slot %q is in use by another client (pid %d); stop that client (SELECT pg_terminate_backend(%d)) or set slot: to a name of its own",
+				s.cfg.Slot, slot.ActivePID, slot.ActivePID)
+		}
+	}
+	srv.Slot = slot
+	if usedSenders >= maxSenders {
+		add("all %d WAL senders (max_wal_senders) are in use; run ALTER SYSTEM SET max_wal_senders = %d and restart the server, or stop an unused replication client (SELECT * FROM pg_stat_replication)",
+			maxSenders, maxSenders+10)
+	}
+
+	// Tables.
+	for _, name := range s.tables {
+		t, err := s.inspectTable(ctx, c, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		if t == nil {
+			add("table %s does not exist (or role %q cannot see its schema); check tables:, or GRANT USAGE ON SCHEMA %s TO %s",
+				name, srv.User, quoteIdent(strings.SplitN(name, ".", 2)[0]), quoteIdent(srv.User))
+			continue
+		}
+		srv.Tables[name] = t
+		problems = append(problems, s.tableProblems(t, srv.User)...)
+	}
+
+	// Publication.
+	pub := &pubInfo{Tables: map[string]pubTable{}}
+	err = c.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate, puballtables
+		FROM pg_catalog.pg_publication WHERE pubname = $1`, s.cfg.Publication).Scan(
+		&pub.Insert, &pub.Update, &pub.Delete, &pub.Truncate, &pub.AllTables)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		pub = nil
+		if !*s.cfg.CreatePublication {
+			add("publication %q does not exist and create_publication is false; create it with CREATE PUBLICATION %s FOR TABLE %s",
+				s.cfg.Publication, quoteIdent(s.cfg.Publication), s.tableList(s.tables))
+		}
+	case err != nil:
+		return nil, nil, fmt.Errorf("%s: read publication %q: %w", where, s.cfg.Publication, err)
+	default:
+		q := `SELECT schemaname || '.' || tablename, false FROM pg_catalog.pg_publication_tables WHERE pubname = $1`
+		if srv.Version >= 150000 {
+			q = `SELECT schemaname || '.' || tablename, rowfilter IS NOT NULL OR
+				attnames <> (SELECT array_agg(attname ORDER BY attnum) FROM pg_catalog.pg_attribute a
+					WHERE a.attrelid = format('%I.%I', schemaname, tablename)::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+				FROM pg_catalog.pg_publication_tables WHERE pubname = $1`
+		}
+		rows, err := c.Query(ctx, q, s.cfg.Publication)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: read publication %q: %w", where, s.cfg.Publication, err)
+		}
+		for rows.Next() {
+			var name string
+			var filtered *bool
+			if err := rows.Scan(&name, &filtered); err != nil {
+				return nil, nil, err
+			}
+			pub.Tables[name] = pubTable{Filtered: filtered != nil && *filtered}
+		}
+		if err := rows.Err(); err != nil {
+			return nil, nil, fmt.Errorf("%s: read publication %q: %w", where, s.cfg.Publication, err)
+		}
+		if !(pub.Insert && pub.Update && pub.Delete && pub.Truncate) && !*s.cfg.CreatePublication {
+			add("publication %q does not publish every operation (insert %v, update %v, delete %v, truncate %v), so changes would be missed; run ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')",
+				s.cfg.Publication, pub.Insert, pub.Update, pub.Delete, pub.Truncate, quoteIdent(s.cfg.Publication))
+		}
+		var missing []string
+		for _, name := range s.tables {
+			pt, ok := pub.Tables[name]
+			if !ok && srv.Tables[name] != nil {
+				missing = append(missing, name)
+			}
+			if pt.Filtered {
+				add("publication %q has a row filter or column list on %s, so changes would be missed; run ALTER PUBLICATION %s DROP TABLE %s; ALTER PUBLICATION %[3]s ADD TABLE %[4]s",
+					s.cfg.Publication, name, quoteIdent(s.cfg.Publication), quoteTable(name))
+			}
+		}
+		if len(missing) > 0 && !*s.cfg.CreatePublication {
+			add("publication %q does not include %s; run ALTER PUBLICATION %s ADD TABLE %s",
+				s.cfg.Publication, strings.Join(missing, ", "), quoteIdent(s.cfg.Publication), s.tableList(missing))
+		}
+	}
+	srv.Pub = pub
+	return srv, problems, nil
+}
+
+func (s *Source) tableList(tables []string) string {
+	q := make([]string, len(tables))
+	for i, t := range tables {
+		q[i] = quoteTable(t)
+	}
+	return strings.Join(q, ", ")
+}
+
+// tableProblems checks privileges, the key and the replica identity.
+func (s *Source) tableProblems(t *tableInfo, user string) []error {
+	where := fmt.Sprintf("postgres source %q", s.name)
+	var out []error
+	add := func(format string, args ...any) { out = append(out, fmt.Errorf(where+": "+format, args...)) }
+	qt := quoteTable(t.Name)
+	if t.Kind != "r" {
+		kind := map[string]string{"p": "a partitioned table", "v": "a view", "m": "a materialized view", "f": "a foreign table"}[t.Kind]
+		if kind == "" {
+			kind = "not a table"
+		}
+		add("%s is %s; logical replication captures plain tables only (list the partitions of a partitioned table)", t.Name, kind)
+		return out
+	}
+	if !t.Select {
+		add("role %q may not read %s (needed for snapshots); run GRANT SELECT ON %s TO %s", user, t.Name, qt, quoteIdent(user))
+	}
+	if len(t.Key) == 0 {
+		add("table %s has no primary key and no configured key; add one (ALTER TABLE %s ADD PRIMARY KEY (...)), or name its key columns under keys: {%s: [col, ...]} and run ALTER TABLE %s REPLICA IDENTITY FULL",
+			t.Name, qt, t.Name, qt)
+		return out
+	}
+	for _, k := range t.Key {
+		if !slices.ContainsFunc(t.Columns, func(c colInfo) bool { return c.Name == k }) {
+			add("key column %q of %s (keys:) does not exist; check keys:", k, t.Name)
+			return out
+		}
+	}
+	// The delete and key-changing update messages carry the replica
+	// identity columns: they must include the key.
+	for _, k := range t.Key {
+		if !slices.Contains(t.IdentCol, k) {
+			ident := map[string]string{"d": "DEFAULT (the primary key)", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}[t.Ident]
+			if t.Ident == "d" && len(t.PK) == 0 {
+				ident = "DEFAULT, and there is no primary key"
+			}
+			add("table %s has REPLICA IDENTITY %s, which does not include key column %q, so deletes could not be matched; run ALTER TABLE %s REPLICA IDENTITY FULL (or USING INDEX on a unique index over the key)",
+				t.Name, ident, k, qt)
+			break
+		}
+	}
+	return out
+}
+
+// inspectTable reads a table's columns, key and replica identity; nil if it
+// does not exist.
+func (s *Source) inspectTable(ctx context.Context, c *pgx.Conn, name string) (*tableInfo, error) {
+	schema, table, _ := splitTable(name)
+	t := &tableInfo{Name: name}
+	err := c.QueryRow(ctx, `SELECT c.oid, c.relkind::text, c.relreplident::text, has_table_privilege(c.oid, 'SELECT')
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2`, schema, table).Scan(&t.OID, &t.Kind, &t.Ident, &t.Select)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres source %q: read table %s: %w", s.name, name, err)
+	}
+	rows, err := c.Query(ctx, `SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
+			COALESCE((SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_catalog.pg_collation co
+				JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation), ''),
+			COALESCE((SELECT i.indisprimary FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY(i.indkey)), false),
+			COALESCE((SELECT true FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND i.indisreplident AND a.attnum = ANY(i.indkey)), false)
+		FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		ORDER BY a.attnum`, t.OID)
+	if err != nil {
+		return nil, fmt.Errorf("postgres source %q: read columns of %s: %w", s.name, name, err)
+	}
+	var identIdx []string
+	for rows.Next() {
+		var col colInfo
+		var pk, ri bool
+		if err := rows.Scan(&col.Name, &col.Type, &col.TypeName, &col.Collation, &pk, &ri); err != nil {
+			return nil, err
+		}
+		t.Columns = append(t.Columns, col)
+		if pk {
+			t.PK = append(t.PK, col.Name)
+		}
+		if ri {
+			identIdx = append(identIdx, col.Name)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres source %q: read columns of %s: %w", s.name, name, err)
+	}
+	// The primary key in index order, not column order.
+	if len(t.PK) > 1 {
+		rows, err := c.Query(ctx, `SELECT a.attname FROM pg_catalog.pg_index i
+			CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+			JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+			WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord`, t.OID)
+		if err != nil {
+			return nil, fmt.Errorf("postgres source %q: read primary key of %s: %w", s.name, name, err)
+		}
+		pk, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("postgres source %q: read primary key of %s: %w", s.name, name, err)
+		}
+		t.PK = pk
+	}
+	switch t.Ident {
+	case "d":
+		t.IdentCol = t.PK
+	case "i":
+		t.IdentCol = identIdx
+	case "f":
+		for _, col := range t.Columns {
+			t.IdentCol = append(t.IdentCol, col.Name)
+		}
+	}
+	t.Key = t.PK
+	if k := s.cfg.Keys[name]; len(k) > 0 {
+		t.Key = k
+	}
+	return t, nil
+}
+
+// ensurePublication creates the publication or adds missing tables and
+// operations when create_publication allows it.
+func (s *Source) ensurePublication(ctx context.Context, c *pgx.Conn, srv *server) error {
+	if !*s.cfg.CreatePublication {
+		return nil
+	}
+	where := fmt.Sprintf("postgres source %q", s.name)
+	pub := quoteIdent(s.cfg.Publication)
+	explain := func(sql string, err error) error {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			return fmt.Errorf("%s: %s failed: %s; creating a publication takes the CREATE privilege on the database and ownership of the tables: let the tables' owner run it, then set create_publication: false: %w",
+				where, sql, pgErr.Message, err)
+		}
+		return fmt.Errorf("%s: %s: %w", where, sql, err)
+	}
+	if srv.Pub == nil {
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete, truncate')", pub, s.tableList(s.tables))
+		if _, err := c.Exec(ctx, sql); err != nil {
+			return explain(sql, err)
+		}
+		s.log.Info("created publication", "source", s.name, "publication", s.cfg.Publication, "tables", s.tables)
+		return nil
+	}
+	if !(srv.Pub.Insert && srv.Pub.Update && srv.Pub.Delete && srv.Pub.Truncate) {
+		sql := fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')", pub)
+		if _, err := c.Exec(ctx, sql); err != nil {
+			return explain(sql, err)
+		}
+	}
+	if srv.Pub.AllTables {
+		return nil
+	}
+	var missing []string
+	for _, t := range s.tables {
+		if _, ok := srv.Pub.Tables[t]; !ok {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		sql := fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, s.tableList(missing))
+		if _, err := c.Exec(ctx, sql); err != nil {
+			return explain(sql, err)
+		}
+		s.log.Info("added tables to the publication", "source", s.name, "publication", s.cfg.Publication, "tables", missing)
+	}
+	return nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

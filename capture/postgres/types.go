@@ -1,0 +1,315 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// decodeFunc turns a value's text form (as the type's output function
+// writes it under sessionParams) into a JSON-friendly Go value. It never
+// fails: what it cannot read stays its text.
+type decodeFunc func(text []byte) any
+
+// typeCache resolves type OIDs to decoders. Built-in types come from pgx's
+// type map; others (domains, enums, arrays of them, extension types) from
+// pg_type, once per OID.
+type typeCache struct {
+	mu   sync.Mutex
+	m    *pgtype.Map
+	dec  map[uint32]decodeFunc
+	name map[uint32]string
+}
+
+func newTypeCache() *typeCache {
+	return &typeCache{m: pgtype.NewMap(), dec: map[uint32]decodeFunc{}, name: map[uint32]string{}}
+}
+
+// querier is the part of *pgx.Conn the type lookup needs.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// decoder returns the decoder for oid. q may be nil (then unknown types
+// decode as text and are looked up again next time).
+func (c *typeCache) decoder(ctx context.Context, q querier, oid uint32) decodeFunc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.resolve(ctx, q, oid, 0)
+}
+
+func (c *typeCache) resolve(ctx context.Context, q querier, oid uint32, depth int) decodeFunc {
+	if d, ok := c.dec[oid]; ok {
+		return d
+	}
+	if depth > 8 {
+		return decodeText
+	}
+	if d := builtin(oid); d != nil {
+		c.dec[oid] = d
+		return d
+	}
+	if t, ok := c.m.TypeForOID(oid); ok {
+		d := decodeText
+		if ac, ok := t.Codec.(*pgtype.ArrayCodec); ok && ac.ElementType != nil {
+			delim := ac.Delimiter
+			if delim == 0 {
+				delim = ','
+			}
+			d = arrayDecoder(c.resolve(ctx, q, ac.ElementType.OID, depth+1), delim)
+		}
+		c.dec[oid] = d
+		return d
+	}
+	if q == nil {
+		return decodeText
+	}
+	var (
+		typtype, typcategory, typdelim string
+		typelem, typbasetype           uint32
+		name                           string
+	)
+	err := q.QueryRow(ctx, `SELECT typtype::text, typcategory::text, typdelim::text, typelem, typbasetype, format_type(oid, NULL)
+		FROM pg_catalog.pg_type WHERE oid = $1`, oid).Scan(&typtype, &typcategory, &typdelim, &typelem, &typbasetype, &name)
+	if err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			c.dec[oid] = decodeText
+			return decodeText
+		}
+		return decodeText // not cached: the next relation tries again
+	}
+	c.name[oid] = name
+	d := decodeText
+	switch {
+	case typtype == "d" && typbasetype != 0:
+		d = c.resolve(ctx, q, typbasetype, depth+1)
+	case typcategory == "A" && typelem != 0:
+		delim := byte(',')
+		if len(typdelim) == 1 {
+			delim = typdelim[0]
+		}
+		d = arrayDecoder(c.resolve(ctx, q, typelem, depth+1), delim)
+	}
+	// Enums, composites, ranges, extension types: their text form.
+	c.dec[oid] = d
+	return d
+}
+
+// typeName is the SQL name of oid, for messages and table descriptions.
+func (c *typeCache) typeName(oid uint32) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n, ok := c.name[oid]; ok {
+		return n
+	}
+	if t, ok := c.m.TypeForOID(oid); ok {
+		return t.Name
+	}
+	return fmt.Sprintf("oid %d", oid)
+}
+
+func builtin(oid uint32) decodeFunc {
+	switch oid {
+	case pgtype.BoolOID:
+		return decodeBool
+	case pgtype.Int2OID, pgtype.Int4OID, pgtype.Int8OID, pgtype.OIDOID, pgtype.XIDOID, pgtype.CIDOID, pgtype.XID8OID:
+		return decodeInt
+	case pgtype.NumericOID, pgtype.Float4OID, pgtype.Float8OID:
+		return decodeNumber
+	case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID, pgtype.NameOID, pgtype.QCharOID, pgtype.UUIDOID,
+		pgtype.DateOID, pgtype.TimeOID, pgtype.TimetzOID, pgtype.IntervalOID:
+		// ISO forms under DateStyle ISO / IntervalStyle iso_8601.
+		return decodeText
+	case pgtype.TimestamptzOID:
+		return decodeTimestamptz
+	case pgtype.TimestampOID:
+		return decodeTimestamp
+	case pgtype.JSONOID, pgtype.JSONBOID:
+		return decodeJSON
+	case pgtype.ByteaOID:
+		return decodeBytea
+	}
+	return nil
+}
+
+func decodeText(b []byte) any { return string(b) }
+
+func decodeBool(b []byte) any {
+	switch string(b) {
+	case "t", "true":
+		return true
+	case "f", "false":
+		return false
+	}
+	return string(b)
+}
+
+func decodeInt(b []byte) any { return json.Number(string(b)) }
+
+// decodeNumber keeps numerics exact; NaN and infinities are not JSON
+// numbers and stay strings.
+func decodeNumber(b []byte) any {
+	s := string(b)
+	switch s {
+	case "NaN", "Infinity", "-Infinity", "inf", "-inf":
+		return s
+	}
+	return json.Number(s)
+}
+
+const tsLayout = "2006-01-02T15:04:05.000000Z"
+
+func decodeTimestamptz(b []byte) any {
+	var ts pgtype.Timestamptz
+	if err := ts.Scan(string(b)); err != nil || !ts.Valid || ts.InfinityModifier != pgtype.Finite {
+		return string(b) // infinity, BC or out of Go's range: the text form
+	}
+	return ts.Time.UTC().Format(tsLayout)
+}
+
+// decodeTimestamp writes a timestamp without time zone without an offset:
+// the column does not say which zone it means.
+func decodeTimestamp(b []byte) any {
+	var ts pgtype.Timestamp
+	if err := ts.Scan(string(b)); err != nil || !ts.Valid || ts.InfinityModifier != pgtype.Finite {
+		return string(b)
+	}
+	return ts.Time.Format("2006-01-02T15:04:05.000000")
+}
+
+func decodeJSON(b []byte) any {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return string(b)
+	}
+	return v
+}
+
+func decodeBytea(b []byte) any {
+	if bytes.HasPrefix(b, []byte(`\x`)) {
+		raw := make([]byte, hex.DecodedLen(len(b)-2))
+		if _, err := hex.Decode(raw, b[2:]); err == nil {
+			return base64.StdEncoding.EncodeToString(raw)
+		}
+	}
+	return string(b)
+}
+
+// arrayDecoder reads PostgreSQL's array literal ({a,"b c",NULL,{1,2}}) into
+// nested []any. Explicit lower bounds ("[0:1]={...}") are dropped.
+func arrayDecoder(elem decodeFunc, delim byte) decodeFunc {
+	return func(b []byte) any {
+		s := b
+		if len(s) > 0 && s[0] == '[' {
+			i := bytes.IndexByte(s, '=')
+			if i < 0 {
+				return string(b)
+			}
+			s = s[i+1:]
+		}
+		p := arrayParser{s: s, delim: delim, elem: elem}
+		v, err := p.parse()
+		if err != nil || strings.TrimSpace(string(p.s[p.i:])) != "" {
+			return string(b)
+		}
+		return v
+	}
+}
+
+type arrayParser struct {
+	s     []byte
+	i     int
+	delim byte
+	elem  decodeFunc
+}
+
+var errArray = errors.New("malformed array literal")
+
+func (p *arrayParser) ws() {
+	for p.i < len(p.s) && (p.s[p.i] == ' ' || p.s[p.i] == '\t' || p.s[p.i] == '\n' || p.s[p.i] == '\r') {
+		p.i++
+	}
+}
+
+func (p *arrayParser) parse() ([]any, error) {
+	p.ws()
+	if p.i >= len(p.s) || p.s[p.i] != '{' {
+		return nil, errArray
+	}
+	p.i++
+	out := []any{}
+	p.ws()
+	if p.i < len(p.s) && p.s[p.i] == '}' {
+		p.i++
+		return out, nil
+	}
+	for {
+		p.ws()
+		if p.i >= len(p.s) {
+			return nil, errArray
+		}
+		switch p.s[p.i] {
+		case '{':
+			v, err := p.parse()
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+		case '"':
+			p.i++
+			var buf []byte
+			for {
+				if p.i >= len(p.s) {
+					return nil, errArray
+				}
+				c := p.s[p.i]
+				p.i++
+				if c == '\\' && p.i < len(p.s) {
+					buf = append(buf, p.s[p.i])
+					p.i++
+					continue
+				}
+				if c == '"' {
+					break
+				}
+				buf = append(buf, c)
+			}
+			out = append(out, p.elem(buf))
+		default:
+			start := p.i
+			for p.i < len(p.s) && p.s[p.i] != p.delim && p.s[p.i] != '}' {
+				p.i++
+			}
+			tok := bytes.TrimSpace(p.s[start:p.i])
+			if strings.EqualFold(string(tok), "NULL") {
+				out = append(out, nil)
+			} else {
+				out = append(out, p.elem(tok))
+			}
+		}
+		p.ws()
+		if p.i >= len(p.s) {
+			return nil, errArray
+		}
+		if p.s[p.i] == p.delim {
+			p.i++
+			continue
+		}
+		if p.s[p.i] == '}' {
+			p.i++
+			return out, nil
+		}
+		return nil, errArray
+	}
+}
