@@ -15,6 +15,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -98,6 +99,9 @@ func Open(path string, opt Options) (*DB, error) {
 			return nil, fmt.Errorf("%w: %s: %v (make the directory writable by the service user, or set `state:` to a writable path)", ErrUnwritable, path, err)
 		}
 	}
+	if err := checkLength(path); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v (restore it from a backup, or move it away to start afresh: sources are then re-read and receivers get a new epoch)", ErrCorrupt, path, err)
+	}
 	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         opt.LockTimeout,
 		ReadOnly:        opt.ReadOnly,
@@ -124,6 +128,56 @@ func Open(path string, opt Options) (*DB, error) {
 		return nil, err
 	}
 	return db, nil
+}
+
+// checkLength refuses a bbolt file shorter than its newest valid meta page
+// says it is. bbolt would map it, read past its end and kill the process
+// with SIGBUS instead of returning an error. Files it cannot read or whose
+// meta pages are invalid are left to bolt.Open to report.
+func checkLength(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	const (
+		magic   = 0xED0CDAED
+		version = 2
+		hdr     = 16 // page header before the meta
+	)
+	// Meta: magic, version, pageSize, flags u32; root bucket 16 bytes;
+	// freelist, pgid (high water mark), txid, checksum u64.
+	read := func(off int64) (pageSize uint32, pgid, txid uint64, ok bool) {
+		var b [hdr + 64]byte
+		if _, err := f.ReadAt(b[:], off); err != nil {
+			return 0, 0, 0, false
+		}
+		m := b[hdr:]
+		e := binary.NativeEndian
+		h := fnv.New64a()
+		h.Write(m[:56])
+		if e.Uint32(m[0:]) != magic || e.Uint32(m[4:]) != version || e.Uint64(m[56:]) != h.Sum64() {
+			return 0, 0, 0, false
+		}
+		return e.Uint32(m[8:]), e.Uint64(m[40:]), e.Uint64(m[48:]), true
+	}
+	ps, pgid, txid, ok := read(0)
+	if !ok {
+		return nil
+	}
+	if ps1, pgid1, txid1, ok1 := read(int64(ps)); ok1 && ps1 == ps && txid1 > txid {
+		pgid = pgid1
+	}
+	// Stat after reading the meta: a running writer extends the file
+	// before it writes a meta, so this is never a false alarm.
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	if need := int64(pgid) * int64(ps); fi.Size() < need {
+		return fmt.Errorf("truncated: %d bytes, its metadata needs %d", fi.Size(), need)
+	}
+	return nil
 }
 
 func (db *DB) init(readOnly bool) error {
@@ -230,6 +284,11 @@ func (t *Tx) bucket(b Bucket) *bolt.Bucket {
 		// Every bucket is created with the file; a missing one is damage.
 		panic(fmt.Sprintf("state: bucket %q missing", b))
 	}
+	if b == Log {
+		// Sequence keys only ever append: fill pages completely instead
+		// of bbolt's default half, halving the log's size on disk.
+		bk.FillPercent = 1.0
+	}
 	return bk
 }
 
@@ -257,13 +316,18 @@ func (t *Tx) ScanFrom(b Bucket, prefix, from []byte, fn func(k, v []byte) error)
 // Last returns the last key and value of a bucket, or nils.
 func (t *Tx) Last(b Bucket) ([]byte, []byte) { return t.bucket(b).Cursor().Last() }
 
-// Count returns the number of keys in a bucket.
+// Count returns the number of keys in a bucket as committed before this
+// transaction began: bbolt's page statistics do not see the transaction's
+// own uncommitted writes.
 func (t *Tx) Count(b Bucket) int { return t.bucket(b).Stats().KeyN }
 
 // ErrStop ends a Scan early without an error.
 var ErrStop = errors.New("stop scan")
 
 func scan(c *bolt.Cursor, prefix, from []byte, fn func(k, v []byte) error) error {
+	if bytes.Compare(from, prefix) < 0 {
+		from = prefix // keys before the prefix cannot have it
+	}
 	for k, v := c.Seek(from); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		if err := fn(k, v); err != nil {
 			if errors.Is(err, ErrStop) {
