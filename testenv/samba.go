@@ -18,7 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-		"strings"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -195,7 +195,7 @@ func (s *Samba) writeCerts(dir string) error {
 	}
 	s.CAFile = filepath.Join(dir, "ca.pem")
 	files := map[string]*pem.Block{
-		s.CAFile:                        {Type: "CERTIFICATE", Bytes: caDER},
+		s.CAFile:                       {Type: "CERTIFICATE", Bytes: caDER},
 		filepath.Join(dir, "cert.pem"): {Type: "CERTIFICATE", Bytes: der},
 		filepath.Join(dir, "key.pem"):  {Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)},
 	}
