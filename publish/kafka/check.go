@@ -24,10 +24,12 @@ func (r *Receiver) Check(ctx context.Context) error {
 
 	var md *kafkago.MetadataResponse
 	var problems []string
+	var errs []error
 	for _, b := range r.s.Brokers {
 		m, err := r.metadataFrom(ctx, b)
 		if err != nil {
-			problems = append(problems, r.explain("broker "+b, err, ""))
+			problems = append(problems, r.explain("broker "+b, err, r.diagnose(ctx, b, err)))
+			errs = append(errs, err)
 			continue
 		}
 		if md == nil {
@@ -35,7 +37,7 @@ func (r *Receiver) Check(ctx context.Context) error {
 		}
 	}
 	if md == nil {
-		return fmt.Errorf("kafka receiver %q: no broker answered: %s", r.name, strings.Join(problems, "; "))
+		return &wrapped{msg: fmt.Sprintf("kafka receiver %q: no broker answered: %s", r.name, strings.Join(problems, "; ")), err: errors.Join(errs...)}
 	}
 	for _, p := range problems {
 		r.log.Warn("kafka receiver: a bootstrap broker did not answer; the others did", "receiver", r.name, "problem", p)
@@ -47,7 +49,7 @@ func (r *Receiver) Check(ctx context.Context) error {
 		addr := net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
 		if _, err := r.metadataFrom(ctx, addr); err != nil {
 			return fmt.Errorf("kafka receiver %q: broker %d advertises %s, which does not answer from here: %s; records are produced to that address, so fix the broker's advertised.listeners, or DNS and firewalls",
-				r.name, b.ID, addr, r.explain("", err, ""))
+				r.name, b.ID, addr, r.explain("", err, r.diagnose(ctx, addr, err)))
 		}
 	}
 
@@ -158,20 +160,24 @@ func (r *Receiver) validateCreate(ctx context.Context, topics []creation) error 
 				r.name, err, r.createCommand(t.config.Topic, t.state))
 		}
 		return fmt.Errorf("kafka receiver %q: the cluster would not create topic %q as configured: %s", r.name, t.config.Topic,
-			r.explain("", err, "check create_topics: partitions, replication_factor (at most the number of brokers), retention, configs"))
+			r.explain("", err, "", "check create_topics: partitions, replication_factor (at most the number of brokers), retention, configs"))
 	}
 	return nil
 }
 
-// explain renders err with what it is about and how to fix it.
-func (r *Receiver) explain(about string, err error, fallback string) string {
+// explain renders err with what it is about and how to fix it: diagnosis
+// when there is one, else the hint for err, else fallback.
+func (r *Receiver) explain(about string, err error, diagnosis string, fallback ...string) string {
 	msg := err.Error()
 	if about != "" {
 		msg = about + ": " + msg
 	}
-	h := r.hint(err, "")
+	h := diagnosis
 	if h == "" {
-		h = fallback
+		h = r.hint(err, "")
+	}
+	if h == "" && len(fallback) > 0 {
+		h = fallback[0]
 	}
 	if h != "" {
 		msg += " (" + h + ")"

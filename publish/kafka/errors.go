@@ -5,8 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"io"
 	"net"
+	"strings"
 	"syscall"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -70,15 +70,14 @@ func (r *Receiver) hint(err error, topic string) string {
 	case errors.As(err, &invalid):
 		return "the broker's certificate is not valid (expired or not for server use)"
 	case errors.As(err, &notTLS):
-		return "the broker does not speak TLS on this port; remove tls or use the broker's TLS listener"
+		return "the broker's listener does not use TLS; remove tls, or use the broker's TLS listener"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "nothing listens there: is the broker running, and are brokers host:port right?"
-	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
-		if r.s.TLS == nil {
-			return "the broker closed the connection; if its listener wants TLS or SASL, configure tls / sasl"
-		}
-		return "the broker closed the connection; check that this port is its TLS listener and whether it wants a client certificate (tls.cert_file, tls.key_file)"
-	case errors.Is(err, context.DeadlineExceeded):
+	case tlsAlert(err, "certificate required"):
+		return "the broker wants a client certificate; set tls.cert_file and tls.key_file"
+	case tlsAlert(err, "bad certificate"), tlsAlert(err, "unknown certificate authority"), tlsAlert(err, "certificate expired"):
+		return "the broker refused the client certificate (tls.cert_file); is it signed by a CA the broker trusts, and valid?"
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
 		return "no answer within timeout; the broker is down, unreachable or overloaded"
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		return "cannot connect; check brokers, DNS and firewalls"
@@ -87,3 +86,10 @@ func (r *Receiver) hint(err error, topic string) string {
 }
 
 func quote(s string) string { return `"` + s + `"` }
+
+// tlsAlert reports whether err is the TLS alert the peer sent, e.g.
+// "certificate required" (crypto/tls does not export the alert type).
+func tlsAlert(err error, alert string) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error" && strings.HasSuffix(op.Err.Error(), "tls: "+alert)
+}

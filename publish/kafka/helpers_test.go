@@ -185,12 +185,18 @@ func deliverAll(t testing.TB, r publish.Receiver, events []history.Event, batch 
 var groupSeq atomic.Int64
 
 // consume reads topics with a kafka-go consumer group from the start until
-// it has seen every id in want (by ce_id header or by key for the state
-// topic when want is nil, until n records) and then nothing new for idle.
+// done says it has what it waits for and then nothing new came for 2 s.
 func consume(t testing.TB, k *testenv.Kafka, topics []string, done func([]kafkago.Message) bool) []kafkago.Message {
+	t.Helper()
+	return consumeWith(t, k, nil, topics, done)
+}
+
+// consumeWith is consume through dialer (TLS, SASL); nil is plain TCP.
+func consumeWith(t testing.TB, k *testenv.Kafka, dialer *kafkago.Dialer, topics []string, done func([]kafkago.Message) bool) []kafkago.Message {
 	t.Helper()
 	rd := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:           []string{k.Addr},
+		Dialer:            dialer,
 		GroupID:           fmt.Sprintf("test-%d-%d", time.Now().UnixNano(), groupSeq.Add(1)),
 		GroupTopics:       topics,
 		StartOffset:       kafkago.FirstOffset,

@@ -78,6 +78,8 @@ type Receiver struct {
 	// refusedMu guards refused while a round's requests run concurrently.
 	refusedMu sync.Mutex
 	names     map[[2]string][2]string // (source name, object type) → (event topic, state topic)
+	// diagnosed is when Deliver last probed the brokers to explain an error.
+	diagnosed time.Time
 }
 
 var (
@@ -181,14 +183,14 @@ func (r *Receiver) Deliver(ctx context.Context, events []history.Event) error {
 		msgs, end, stop := r.build(ctx, events, start, true)
 		if len(msgs) > 0 {
 			if failed, err := r.produce(ctx, msgs); err != nil {
-				return r.failure(failed, err)
+				return r.failure(ctx, failed, err)
 			}
 		}
 		if end == len(events) {
 			return nil
 		}
 		if !errors.Is(stop, errRefusedBefore) {
-			return r.failure(end, stop)
+			return r.failure(ctx, end, stop)
 		}
 		// events[end] is bound for a topic that refused the last event
 		// sent to it. Probe with it alone: sending it in a round would
@@ -196,10 +198,10 @@ func (r *Receiver) Deliver(ctx context.Context, events []history.Event) error {
 		// dispatcher skips one refused event.
 		msgs, _, stop = r.build(ctx, events[:end+1], end, false)
 		if stop != nil {
-			return r.failure(end, stop)
+			return r.failure(ctx, end, stop)
 		}
 		if failed, err := r.produce(ctx, msgs); err != nil {
-			return r.failure(failed, err)
+			return r.failure(ctx, failed, err)
 		}
 		for _, m := range msgs {
 			delete(r.refused, m.topic)
@@ -208,6 +210,9 @@ func (r *Receiver) Deliver(ctx context.Context, events []history.Event) error {
 	}
 	return nil
 }
+
+// diagnoseEvery limits how often Deliver probes the brokers.
+const diagnoseEvery = 10 * time.Second
 
 // errRefusedBefore stops a round before an event for a refusing topic.
 var errRefusedBefore = errors.New("topic refused the previous event")
@@ -241,10 +246,22 @@ func (r *Receiver) build(ctx context.Context, events []history.Event, start int,
 
 // failure turns the first failed event index and its cause into the
 // error the dispatcher understands.
-func (r *Receiver) failure(index int, err error) error {
+func (r *Receiver) failure(ctx context.Context, index int, err error) error {
 	var rej *rejection
 	if errors.As(err, &rej) {
 		return &publish.RejectedError{Index: index, Err: err}
+	}
+	// A connection that just ended says nothing; find out why, at most
+	// every diagnoseEvery (not for timeouts: probing a silent broker would
+	// stretch Deliver).
+	if silent(err) && !isTimeout(err) && !errors.Is(err, context.DeadlineExceeded) && time.Since(r.diagnosed) > diagnoseEvery {
+		r.diagnosed = time.Now()
+		for _, b := range r.s.Brokers {
+			if d := r.diagnose(ctx, b, err); d != "" {
+				err = &wrapped{msg: err.Error() + " (" + d + ")", err: err}
+				break
+			}
+		}
 	}
 	if index == 0 {
 		return err
