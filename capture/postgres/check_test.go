@@ -45,7 +45,7 @@ func TestCheckFailures(t *testing.T) {
 			yaml: []string{"dsn: postgres://norepl@127.0.0.1:%PORT%/%DB%?sslmode=disable", "tables: [public.person]"},
 			want: []string{`role "norepl" lacks the REPLICATION attribute; run ALTER ROLE norepl WITH REPLICATION`}},
 		{name: "no select privilege",
-			yaml: []string{"dsn: postgres://repl_noselect@127.0.0.1:%PORT%/%DB%?sslmode=disable", "tables: [public.secret]", "create_publication: false"},
+			yaml:  []string{"dsn: postgres://repl_noselect@127.0.0.1:%PORT%/%DB%?sslmode=disable", "tables: [public.secret]", "create_publication: false"},
 			setup: []string{"CREATE PUBLICATION connector_no_select_privilege FOR TABLE secret"},
 			want:  []string{"GRANT SELECT ON public.secret TO repl_noselect"}},
 		{name: "missing table", yaml: []string{"tables: [public.nothere]"},

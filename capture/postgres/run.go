@@ -231,8 +231,10 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 
 	var stopAt pglogrepl.LSN
 	if s.opts.Once {
+		// The insert position: with synchronous_commit = off a commit can
+		// be past the write position for a moment.
 		var cur string
-		if err := meta.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&cur); err != nil {
+		if err := meta.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&cur); err != nil {
 			return cp, req, errTransient{fmt.Errorf("postgres source %q: read the current WAL position: %w", s.name, err)}
 		}
 		stopAt = mustLSN(cur)
