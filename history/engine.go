@@ -188,17 +188,6 @@ func SaveSource(tx *state.Tx, name string, s SourceState) error {
 
 func imageKey(typ, id string) []byte { return state.Key(typ, id) }
 
-func loadImage(tx *state.Tx, typ, id string) (*Image, error) {
-	v := tx.Get(state.Images, imageKey(typ, id))
-	if v == nil {
-		return nil, nil
-	}
-	var img Image
-	if err := json.Unmarshal(v, &img); err != nil {
-		return nil, fmt.Errorf("%w: image %s/%s: %v", state.ErrCorrupt, typ, id, err)
-	}
-	return &img, nil
-}
 
 func putJSON(tx *state.Tx, b state.Bucket, key []byte, v any) error {
 	data, err := json.Marshal(v)
@@ -308,7 +297,7 @@ func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
 		if img.Hash == hash && sameVirk && maps.Equal(img.Keys, c.obj.Keys) {
 			if bc.src.KeepRows && c.row != nil {
 				img.Row = c.row
-				return putJSON(bc.tx, state.Images, imageKey(c.obj.Type, c.obj.ID), img)
+				return putImage(bc.tx, c.obj.Type, c.obj.ID, img)
 			}
 			return nil
 		}
@@ -446,7 +435,7 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 	} else {
 		ni.Row = nil
 	}
-	if err := putJSON(tx, state.Images, imageKey(typ, id), ni); err != nil {
+	if err := putImage(tx, typ, id, ni); err != nil {
 		return err
 	}
 	after := v.Fields
@@ -692,11 +681,11 @@ func (e *Engine) truncate(bc *batchCtx, ch *capture.Change) error {
 	for _, m := range e.maps.ForRecord(bc.src.Name, ch.Record) {
 		var ids []string
 		err := bc.tx.Scan(state.Images, state.Key(m.Type, ""), func(k, v []byte) error {
-			var img Image
-			if err := json.Unmarshal(v, &img); err != nil {
-				return err
+			h, err := peekImage(v)
+			if err != nil {
+				return fmt.Errorf("%w: image %q: %v", state.ErrCorrupt, k, err)
 			}
-			if img.Source == bc.src.Name && img.Record == ch.Record && !img.Deleted {
+			if h.Source == bc.src.Name && h.Record == ch.Record && !h.Deleted {
 				ids = append(ids, string(k[len(m.Type)+1:]))
 			}
 			return nil

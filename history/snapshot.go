@@ -225,11 +225,11 @@ func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, c
 				ch.Position, obj.Type, obj.ID, stagedPosition(prev))
 		}
 		meta.Seen++
-		img, err := loadImage(tx, obj.Type, obj.ID)
+		head, found, err := peekAt(tx, obj.Type, obj.ID)
 		if err != nil {
 			return err
 		}
-		if img != nil && !img.Deleted && img.Hash == ContentHash(obj.Fields) && sameValid(img, obj) {
+		if found && !head.Deleted && head.Hash == ContentHash(obj.Fields) && sameValid(head, obj) {
 			if err := st.Put(key, append([]byte{'u'}, ch.Position...)); err != nil {
 				return err
 			}
@@ -252,11 +252,11 @@ func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, c
 		if s.dryRun != nil {
 			op := OpCreate
 			switch {
-			case img == nil && meta.Initial:
+			case !found && meta.Initial:
 				op = OpSnapshot
-			case img != nil && img.Deleted:
+			case found && head.Deleted:
 				op = OpUndelete
-			case img != nil:
+			case found:
 				op = OpUpdate
 			}
 			s.dryRun.add(op, obj.Type, obj.ID)
@@ -274,8 +274,8 @@ func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, c
 
 func (m *runMeta) ChangedAtSet() bool { return m.ChangedAt != nil }
 
-func sameValid(img *Image, obj mapping.Object) bool {
-	return obj.ValidSource == "" || img.VirkFra.Equal(obj.ValidFrom.UTC().Truncate(time.Microsecond))
+func sameValid(h imageHead, obj mapping.Object) bool {
+	return obj.ValidSource == "" || h.VirkFra == obj.ValidFrom.UnixMicro()
 }
 
 func stagedPosition(v []byte) string {
@@ -295,7 +295,7 @@ func (s *Sink) endRun(tx *state.Tx, st *state.Staged, meta *runMeta) error {
 	types := s.e.maps.TypesOf(s.src.Name, meta.Records)
 	live, deletes := 0, 0
 	for _, typ := range types {
-		err := s.e.scanLive(tx, typ, s.src.Name, meta.Records, func(id string, _ *Image) error {
+		err := s.e.scanLive(tx, typ, s.src.Name, meta.Records, func(id string) error {
 			live++
 			if st.Get(append([]byte("o"), imageKey(typ, id)...)) == nil {
 				deletes++
@@ -334,17 +334,17 @@ func (s *Sink) endRun(tx *state.Tx, st *state.Staged, meta *runMeta) error {
 
 // scanLive calls fn for each live object of typ that came from the
 // source's records.
-func (e *Engine) scanLive(tx *state.Tx, typ, source string, records []string, fn func(id string, img *Image) error) error {
+func (e *Engine) scanLive(tx *state.Tx, typ, source string, records []string, fn func(id string) error) error {
 	prefix := state.Key(typ, "")
 	return tx.Scan(state.Images, prefix, func(k, v []byte) error {
-		var img Image
-		if err := json.Unmarshal(v, &img); err != nil {
-			return fmt.Errorf("%w: image %s: %v", state.ErrCorrupt, k, err)
+		h, err := peekImage(v)
+		if err != nil {
+			return fmt.Errorf("%w: image %q: %v", state.ErrCorrupt, k, err)
 		}
-		if img.Deleted || img.Source != source || !contains(records, img.Record) {
+		if h.Deleted || h.Source != source || !contains(records, h.Record) {
 			return nil
 		}
-		return fn(string(k[len(prefix):]), &img)
+		return fn(string(k[len(prefix):]))
 	})
 }
 
@@ -529,15 +529,19 @@ func (s *Sink) deleteChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error 
 				return state.ErrStop
 			}
 			seen++
-			var img Image
-			if err := json.Unmarshal(v, &img); err != nil {
-				return fmt.Errorf("%w: image %s: %v", state.ErrCorrupt, k, err)
+			h, err := peekImage(v)
+			if err != nil {
+				return fmt.Errorf("%w: image %q: %v", state.ErrCorrupt, k, err)
 			}
-			if img.Deleted || img.Source != s.src.Name || !contains(meta.Records, img.Record) {
+			if h.Deleted || h.Source != s.src.Name || !contains(meta.Records, h.Record) {
 				return nil
 			}
 			if st.Get(append([]byte("o"), k...)) == nil {
-				victims = append(victims, victim{typ, string(k[len(prefix):]), &img})
+				img, err := decodeImage(v)
+				if err != nil {
+					return fmt.Errorf("%w: image %q: %v", state.ErrCorrupt, k, err)
+				}
+				victims = append(victims, victim{typ, string(k[len(prefix):]), img})
 			}
 			return nil
 		})

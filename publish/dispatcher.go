@@ -99,6 +99,40 @@ type Dispatcher struct {
 	redact Redactor
 	log    *slog.Logger
 	outs   []*output
+	cache  eventCache
+}
+
+// eventCache keeps recently decoded log events, so receivers that read the
+// same stretch of the log decode each event once. Cached events are never
+// mutated: prepare works on copies.
+type eventCache struct {
+	mu    sync.Mutex
+	byseq map[uint64]*history.Event
+	order []uint64
+	next  int
+}
+
+const eventCacheSize = 8192
+
+func (c *eventCache) get(seq uint64) *history.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byseq[seq]
+}
+
+func (c *eventCache) put(seq uint64, ev *history.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byseq == nil {
+		c.byseq = make(map[uint64]*history.Event, eventCacheSize)
+		c.order = make([]uint64, eventCacheSize)
+	}
+	if old := c.order[c.next]; old != 0 {
+		delete(c.byseq, old)
+	}
+	c.order[c.next] = seq
+	c.next = (c.next + 1) % eventCacheSize
+	c.byseq[seq] = ev
 }
 
 type output struct {
@@ -290,12 +324,19 @@ func (d *Dispatcher) read(o *output) (Cursor, readBatch, error) {
 				return state.ErrStop
 			}
 			looked++
-			var ev history.Event
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, state.ParseU64(k), err)
+			seq := state.ParseU64(k)
+			ev := d.cache.get(seq)
+			if ev == nil {
+				ev = new(history.Event)
+				if err := json.Unmarshal(v, ev); err != nil {
+					return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
+				}
+				if len(d.outs) > 1 {
+					d.cache.put(seq, ev)
+				}
 			}
-			rb.through = ev.Sequence
-			if ev, ok := d.prepare(o.cfg, ev, cur); ok {
+			rb.through = seq
+			if ev, ok := d.prepare(o.cfg, *ev, cur); ok {
 				rb.events = append(rb.events, ev)
 			}
 			return nil

@@ -185,8 +185,8 @@ func (a *app) backfill(ctx context.Context, name string) (int, error) {
 	err = a.db.View(func(tx *state.Tx) error {
 		last = publish.LastSequence(tx)
 		return tx.Scan(state.Images, nil, func(k, v []byte) error {
-			var img history.Image
-			if err := json.Unmarshal(v, &img); err != nil {
+			img, err := history.DecodeImage(v)
+			if err != nil {
 				return err
 			}
 			if img.Deleted {
@@ -196,7 +196,7 @@ func (a *app) backfill(ctx context.Context, name string) (int, error) {
 			if len(cfg.Filter.Types) > 0 && !contains(cfg.Filter.Types, typ) {
 				return nil
 			}
-			ev, err := backfillEvent(tx, ns, typ, id, &img, a.sourceType(img.Source))
+			ev, err := backfillEvent(tx, ns, typ, id, img, a.sourceType(img.Source))
 			if err != nil {
 				return err
 			}
