@@ -188,7 +188,6 @@ func SaveSource(tx *state.Tx, name string, s SourceState) error {
 
 func imageKey(typ, id string) []byte { return state.Key(typ, id) }
 
-
 func putJSON(tx *state.Tx, b state.Bucket, key []byte, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
