@@ -308,24 +308,13 @@ func (s *Source) deliver(ctx context.Context, snap *snapshot, sum string, initia
 			}
 			return nil
 		})
+		if err == nil {
+			err = s.checkCounts(f, n, unmatched, counts)
+		}
 		if err != nil {
 			return nil, s.runError(ctx, snap, f, err)
 		}
 		total += n
-		if n == 0 && !s.cfg.allowEmpty {
-			return nil, fmt.Errorf("file source %q: %w", s.name, s.emptyError(f))
-		}
-		if unmatched > 0 {
-			s.log.Info("file source: lines matching no record were skipped", "source", s.name, "file", f.display, "lines", unmatched)
-		}
-		if !s.cfg.allowEmpty {
-			for _, rs := range f.spec.records {
-				if counts[rs] == 0 {
-					return nil, fmt.Errorf("file source %q: record %q: no record of %s matches %s, so the snapshot was not applied (it would delete every %s object) — fix match or the export, or set allow_empty: true",
-						s.name, rs.name, f.display, rs.matchString(), rs.name)
-				}
-			}
-		}
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum || snap.restat() {
 		return nil, &changingError{fmt.Errorf("file source %q: snapshot %s changed while it was read (the exporter may still be writing it); it was not applied", s.name, snap.name)}
@@ -343,6 +332,27 @@ func (s *Source) deliver(ctx context.Context, snap *snapshot, sum string, initia
 	return cp, nil
 }
 
+// checkCounts refuses a file, or a record of it, without records: an empty
+// export would otherwise delete everything.
+func (s *Source) checkCounts(f snapFile, n, unmatched int, counts map[*recordSpec]int) error {
+	if unmatched > 0 {
+		s.log.Info("file source: lines matching no record were skipped", "source", s.name, "file", f.display, "lines", unmatched)
+	}
+	if s.cfg.allowEmpty {
+		return nil
+	}
+	if n == 0 {
+		return s.emptyError(f)
+	}
+	for _, rs := range f.spec.records {
+		if counts[rs] == 0 {
+			return fmt.Errorf("record %q: no record of %s matches %s, so the snapshot was not applied (it would delete every %s object) — fix match or the export, or set allow_empty: true",
+				rs.name, f.display, rs.matchString(), rs.name)
+		}
+	}
+	return nil
+}
+
 // runError words an error that ended a run before its End batch.
 func (s *Source) runError(ctx context.Context, snap *snapshot, f snapFile, err error) error {
 	var ae *applyError
@@ -357,7 +367,7 @@ func (s *Source) runError(ctx context.Context, snap *snapshot, f snapFile, err e
 	case errors.As(err, &pe):
 		return fmt.Errorf("file source %q: %w; the snapshot was not applied — fix or re-export the file", s.name, err)
 	}
-	return fmt.Errorf("file source %q: %s: %w; the snapshot was not applied", s.name, f.display, err)
+	return fmt.Errorf("file source %q: %w", s.name, err)
 }
 
 // readFile streams one file of a snapshot through emit, writing its bytes
