@@ -497,3 +497,75 @@ func setFormat(t *testing.T, path, format string) {
 		t.Fatal(err)
 	}
 }
+
+// A changed mapping starts a new epoch and a reconcile: objects whose
+// mapped image changed are updated (emission reconcile), nothing is mixed.
+func TestMappingChangeReconciles(t *testing.T) {
+	dir := demoDir(t, nil)
+	if r := run(t, dir, "run", "--once", "-c", "demo.yaml"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "demo.yaml"))
+	changed := strings.Replace(string(b), "      kortnavn: kortnavn\n", "      kortnavn: {expr: 'lower(kortnavn)'}\n", 1)
+	if changed == string(b) {
+		t.Fatal("test setup: mapping not changed")
+	}
+	writeFile(t, filepath.Join(dir, "demo.yaml"), changed)
+	r := run(t, dir, "run", "--once", "-c", "demo.yaml")
+	if r.code != 0 || !strings.Contains(r.stderr, "mapping of this source changed") {
+		t.Fatalf("second run: %d\n%s", r.code, r.stderr)
+	}
+	st := run(t, dir, "status", "-c", "demo.yaml", "--json")
+	var rep Report
+	if err := json.Unmarshal([]byte(st.stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if s := rep.Sources[0]; s.Epoch != 1 || s.EpochReason != "mapping changed" || s.PendingReconcile {
+		t.Fatalf("source after a mapping change: %+v", s)
+	}
+	lines := readLines(t, filepath.Join(dir, "demo-out", "events.jsonl"))
+	reconciled := 0
+	for _, l := range lines {
+		if l.ev.Emission == "reconcile" {
+			reconciled++
+			if l.ev.Object.Type != "OrganisationEnhed" || l.ev.Operation != "update" {
+				t.Fatalf("unexpected reconcile event: %s", l.raw)
+			}
+		}
+	}
+	// Every unit's kortnavn changes case.
+	if reconciled == 0 || reconciled > 54 {
+		t.Fatalf("%d reconcile events", reconciled)
+	}
+	if !strings.Contains(lines[len(lines)-1].raw, `"epoch":1`) {
+		t.Fatalf("reconcile events carry the new epoch: %s", lines[len(lines)-1].raw)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := demoDir(t, nil)
+	r := run(t, dir, "check", "-c", "demo.yaml")
+	if r.code != 0 {
+		t.Fatalf("check: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{"config", "state", "source   demokommune", "receiver organisation", "receiver personale"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("check output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	// A source whose path is gone fails with the reason, exit 1.
+	writeFile(t, filepath.Join(dir, "c.yaml"), strings.Replace(readString(t, filepath.Join(dir, "demo.yaml")), "./configs/demo/snapshots", "./missing", 1))
+	r = run(t, dir, "check", "-c", "c.yaml")
+	if r.code != 1 || !strings.Contains(r.stdout, "FAILED") {
+		t.Fatalf("check with a missing path: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+func readString(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
