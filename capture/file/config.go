@@ -136,8 +136,7 @@ const (
 // *configs.Error naming the line.
 func parseConfig(node *yaml.Node, opts capture.Options) (*settings, error) {
 	var c Config
-	// The factory does not know the config file's name; the loader adds it.
-	const file = ""
+	file := opts.File
 	if err := configs.Decode(file, node, &c, capture.CommonKeys...); err != nil {
 		return nil, err
 	}

@@ -160,7 +160,7 @@ func (s *Source) poll(ctx context.Context, last *checkpoint, first bool, sink ca
 			last = &c
 			continue
 		}
-		next, err := s.deliver(ctx, snap, sum, last == nil, sink)
+		next, err := s.deliver(ctx, snap, sum, runKind{initial: last == nil}, sink)
 		if err != nil {
 			return last, err
 		}
@@ -170,7 +170,9 @@ func (s *Source) poll(ctx context.Context, last *checkpoint, first bool, sink ca
 }
 
 // Snapshot re-reads the current snapshot (layout dated: the newest) and
-// delivers it as a reconcile run, whether or not it changed.
+// delivers it as a reconcile run (SnapshotMark.Reconcile), whether or not it
+// changed. Its checkpoint is that snapshot, so with layout dated a later
+// Run continues after it.
 func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	entries, err := s.entries()
 	if err != nil {
@@ -190,7 +192,7 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	if err != nil {
 		return fmt.Errorf("file source %q: %w", s.name, err)
 	}
-	_, err = s.deliver(ctx, snap, sum, false, sink)
+	_, err = s.deliver(ctx, snap, sum, runKind{reconcile: true}, sink)
 	return err
 }
 
@@ -267,9 +269,14 @@ type applyError struct{ err error }
 func (e *applyError) Error() string { return e.err.Error() }
 func (e *applyError) Unwrap() error { return e.err }
 
+// runKind says how the engine should emit a run: the first load (initial),
+// the regular feed (neither: a new or changed export), or a repair of
+// drift asked for on demand (reconcile).
+type runKind struct{ initial, reconcile bool }
+
 // deliver sends one snapshot run. Errors before the End batch leave the
 // engine with nothing applied.
-func (s *Source) deliver(ctx context.Context, snap *snapshot, sum string, initial bool, sink capture.Sink) (*checkpoint, error) {
+func (s *Source) deliver(ctx context.Context, snap *snapshot, sum string, kind runKind, sink capture.Sink) (*checkpoint, error) {
 	start := time.Now()
 	id := snap.name + "@" + sum[:16]
 	begin := true
@@ -280,7 +287,7 @@ func (s *Source) deliver(ctx context.Context, snap *snapshot, sum string, initia
 			TransactionID: id,
 			Checkpoint:    cp,
 			Snapshot: &capture.SnapshotMark{ID: id, Begin: begin, End: end,
-				Records: s.cfg.recordNames, Initial: initial},
+				Records: s.cfg.recordNames, Initial: kind.initial, Reconcile: kind.reconcile},
 		}
 		if err := sink.Apply(ctx, b); err != nil {
 			return &applyError{err}
@@ -328,7 +335,7 @@ func (s *Source) deliver(ctx context.Context, snap *snapshot, sum string, initia
 		return nil, s.runError(ctx, snap, snapFile{}, err)
 	}
 	s.log.Info("file source: snapshot delivered", "source", s.name, "snapshot", snap.name, "id", id,
-		"records", total, "initial", initial, "duration", time.Since(start).Round(time.Millisecond).String())
+		"records", total, "initial", kind.initial, "reconcile", kind.reconcile, "duration", time.Since(start).Round(time.Millisecond).String())
 	return cp, nil
 }
 

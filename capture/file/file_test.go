@@ -53,6 +53,7 @@ func (s *recSink) take() []capture.Batch {
 type run struct {
 	id         string
 	initial    bool
+	reconcile  bool
 	records    []string
 	changes    []capture.Change
 	sizes      []int
@@ -74,13 +75,13 @@ func runs(t *testing.T, batches []capture.Batch) []run {
 				// An unfinished run is discarded by the engine at the next Begin.
 				out = out[:len(out)-1]
 			}
-			out = append(out, run{id: m.ID, initial: m.Initial, records: m.Records})
+			out = append(out, run{id: m.ID, initial: m.Initial, reconcile: m.Reconcile, records: m.Records})
 		}
 		if len(out) == 0 || out[len(out)-1].complete {
 			t.Fatalf("batch %d continues no open run: %+v", i, m)
 		}
 		r := &out[len(out)-1]
-		if m.ID != r.id || m.Initial != r.initial || !slices.Equal(m.Records, r.records) || b.TransactionID != r.id {
+		if m.ID != r.id || m.Initial != r.initial || m.Reconcile != r.reconcile || !slices.Equal(m.Records, r.records) || b.TransactionID != r.id {
 			t.Fatalf("batch %d: mark %+v (transaction %q) differs from its run's first batch %+v", i, m, b.TransactionID, r)
 		}
 		if (b.Checkpoint != nil) != m.End {
@@ -162,7 +163,7 @@ func TestSingleFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	rs := runs(t, sink.take())
-	if len(rs) != 1 || !rs[0].complete || !rs[0].initial {
+	if len(rs) != 1 || !rs[0].complete || !rs[0].initial || rs[0].reconcile {
 		t.Fatalf("first start: want one complete initial run, got %+v", rs)
 	}
 	c := rs[0].changes[0]
@@ -195,7 +196,7 @@ func TestSingleFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	rs2 := runs(t, sink.take())
-	if len(rs2) != 1 || rs2[0].initial || rs2[0].id == rs[0].id || len(rs2[0].changes) != 1 {
+	if len(rs2) != 1 || rs2[0].initial || rs2[0].reconcile || rs2[0].id == rs[0].id || len(rs2[0].changes) != 1 {
 		t.Fatalf("changed file: got %+v", rs2)
 	}
 }
@@ -278,8 +279,8 @@ func TestDated(t *testing.T) {
 	}
 	wantValues := [][]string{{"units u1", "users p1"}, {"units u1", "users p1", "users p2"}, {"units u2", "users p2"}}
 	for i, r := range rs {
-		if r.initial != (i == 0) {
-			t.Errorf("run %d: initial %v", i, r.initial)
+		if r.initial != (i == 0) || r.reconcile {
+			t.Errorf("run %d: initial %v reconcile %v; a new export is the regular feed", i, r.initial, r.reconcile)
 		}
 		if got := r.changes[0].ChangedAt; !got.Equal(wantAt[i]) {
 			t.Errorf("run %d: changed at %v, want %v", i, got, wantAt[i])
@@ -575,7 +576,7 @@ func TestSnapshotter(t *testing.T) {
 		}
 	}
 	rs := completed(t, sink.take())
-	if len(rs) != 2 || rs[0].initial || rs[0].id != rs[1].id || !strings.HasPrefix(rs[0].id, "2026-01-06@") || rs[0].checkpoint == nil {
+	if len(rs) != 2 || rs[0].initial || !rs[0].reconcile || !rs[1].reconcile || rs[0].id != rs[1].id || !strings.HasPrefix(rs[0].id, "2026-01-06@") || rs[0].checkpoint == nil {
 		t.Fatalf("want two reconcile runs of the newest snapshot, got %+v", rs)
 	}
 	// Run after it continues after that snapshot.
@@ -656,13 +657,13 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := build("type: file\nname: org\n"+tt.conf, capture.Options{Records: tt.records})
+			_, err := build("type: file\nname: org\n"+tt.conf, capture.Options{Records: tt.records, File: "agent.yaml"})
 			var ce *configs.Error
 			if !errors.As(err, &ce) {
 				t.Fatalf("got %v, want a *configs.Error", err)
 			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("got %q, want …%s…", err, tt.want)
+			if !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "agent.yaml:") {
+				t.Errorf("got %q, want agent.yaml:…%s…", err, tt.want)
 			}
 			want := tt.line + 2 // after the type and name lines
 			if tt.line == 0 {
