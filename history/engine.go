@@ -240,7 +240,12 @@ type batchCtx struct {
 	reconcile bool
 	initial   bool
 	events    int
+	// quarantined counts this batch's quarantined changes; only the first
+	// few are logged one by one.
+	quarantined int
 }
+
+const quarantineLogLimit = 5
 
 // change is a mapped object on its way to becoming an event.
 type change struct {
@@ -517,8 +522,14 @@ func jsonEqual(a, b any) bool {
 // in status and never silently lost while the position moves on.
 func (e *Engine) quarantine(bc *batchCtx, ch capture.Change, cause error) error {
 	bc.ss.Quarantined++
-	e.opt.Log.Warn("change quarantined: it could not be mapped", "source", bc.src.Name, "record", ch.Record,
-		"position", ch.Position, "error", cause)
+	bc.quarantined++
+	switch {
+	case bc.quarantined <= quarantineLogLimit:
+		e.opt.Log.Warn("change quarantined: it could not be mapped", "source", bc.src.Name, "record", ch.Record,
+			"position", ch.Position, "error", cause)
+	case bc.quarantined == quarantineLogLimit+1:
+		e.opt.Log.Warn("more changes quarantined in this batch; `connector status` counts them", "source", bc.src.Name)
+	}
 	key := state.Key(bc.src.Name, fmt.Sprintf("%020d", bc.ss.Quarantined))
 	return putJSON(bc.tx, state.Quarantine, key, map[string]any{
 		"record": ch.Record, "op": ch.Op.String(), "position": ch.Position, "values": ch.Values,

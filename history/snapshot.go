@@ -142,8 +142,14 @@ func (s *Sink) applySnapshot(ctx context.Context, b capture.Batch) error {
 		if meta.ID != mark.ID {
 			return fmt.Errorf("snapshot run %q: batch belongs to run %q, which has no Begin", meta.ID, mark.ID)
 		}
+		var q batchCtx // quarantine bookkeeping for this batch
 		for i := range b.Changes {
-			if err := e.stage(tx, st, s, &meta, &b.Changes[i]); err != nil {
+			if err := e.stage(tx, st, s, &meta, &q, &b.Changes[i]); err != nil {
+				return err
+			}
+		}
+		if q.ss != nil {
+			if err := SaveSource(tx, s.src.Name, *q.ss); err != nil {
 				return err
 			}
 		}
@@ -191,7 +197,7 @@ func (s *Sink) applySnapshot(ctx context.Context, b capture.Batch) error {
 }
 
 // stage maps one snapshot record into the staging bucket.
-func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, ch *capture.Change) error {
+func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, q *batchCtx, ch *capture.Change) error {
 	if !meta.ChangedAtSet() && !ch.ChangedAt.IsZero() {
 		meta.ChangedAt = Ptr(ch.ChangedAt)
 	}
@@ -202,16 +208,14 @@ func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, c
 				s.dryRun.add("quarantine", m.Type, ch.Position)
 				continue
 			}
-			bc := &batchCtx{tx: tx, src: &s.src}
-			ss, lerr := LoadSource(tx, s.src.Name)
-			if lerr != nil {
-				return lerr
+			if q.ss == nil {
+				ss, lerr := LoadSource(tx, s.src.Name)
+				if lerr != nil {
+					return lerr
+				}
+				q.tx, q.src, q.ss = tx, &s.src, &ss
 			}
-			bc.ss = &ss
-			if err := e.quarantine(bc, *ch, err); err != nil {
-				return err
-			}
-			if err := SaveSource(tx, s.src.Name, ss); err != nil {
+			if err := e.quarantine(q, *ch, err); err != nil {
 				return err
 			}
 			continue
