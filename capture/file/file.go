@@ -50,6 +50,7 @@ type Source struct {
 
 	mu     sync.Mutex
 	warned map[string]bool // names warned about, so a poll loop warns once
+	seen   map[string]bool // entry names listed by earlier polls
 }
 
 // New builds a file source from its config entry.
@@ -62,7 +63,7 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{name: opts.Name, cfg: cfg, log: log, once: opts.Once, now: time.Now, warned: map[string]bool{}}, nil
+	return &Source{name: opts.Name, cfg: cfg, log: log, once: opts.Once, now: time.Now, warned: map[string]bool{}, seen: map[string]bool{}}, nil
 }
 
 // checkpoint is the source's resume position: the last applied snapshot.
@@ -128,12 +129,11 @@ func (s *Source) poll(ctx context.Context, last *checkpoint, first bool, sink ca
 		return last, fmt.Errorf("file source %q: %w", s.name, err)
 	}
 	for _, e := range entries {
+		isNew := s.remember(e.name)
 		if s.cfg.dated && last != nil && e.name <= last.Snapshot {
-			if e.name < last.Snapshot && !first {
-				s.warnOnce(e.name, "file source: ignoring a snapshot older than the last applied one; to apply it, take a snapshot with it as the newest",
+			if isNew && !first && e.name < last.Snapshot {
+				s.log.Warn("file source: ignoring a snapshot that arrived after a newer one was applied; snapshots apply in name order, so re-export it under a later name to apply it",
 					"source", s.name, "snapshot", e.name, "last", last.Snapshot)
-			} else {
-				s.markWarned(e.name)
 			}
 			continue
 		}
@@ -456,10 +456,16 @@ func (s *Source) warnOnce(key, msg string, args ...any) {
 	}
 }
 
-func (s *Source) markWarned(key string) {
+// remember notes an entry name and reports whether it is new to this
+// process.
+func (s *Source) remember(name string) bool {
 	s.mu.Lock()
-	s.warned[key] = true
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	if s.seen[name] {
+		return false
+	}
+	s.seen[name] = true
+	return true
 }
 
 // matches reports whether a record's values satisfy rs's match terms.
