@@ -16,7 +16,10 @@ import (
 
 	// Adapters register themselves.
 	_ "github.com/os2sandbox/connector/capture/file"
+	_ "github.com/os2sandbox/connector/capture/ldap"
+	_ "github.com/os2sandbox/connector/capture/postgres"
 	_ "github.com/os2sandbox/connector/publish/file"
+	_ "github.com/os2sandbox/connector/publish/kafka"
 )
 
 var version = "dev"
