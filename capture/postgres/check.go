@@ -143,8 +143,10 @@ func (s *Source) inspect(ctx context.Context, c *pgx.Conn) (*server, []error, er
 		case slot.Database != srv.Database:
 			add("replication slot %q belongs to database %q, not %q; set slot: to another name", s.cfg.Slot, slot.Database, srv.Database)
 		case slot.Active:
-			add("replication slot %q is in use by another client (pid %d); stop that client (SELECT pg_terminate_backend(%d)) or set slot: to a name of its own",
-				s.cfg.Slot, slot.ActivePID, slot.ActivePID)
+			// Retried by Run: it may be our own previous connection that
+			// the server has not seen close yet.
+			problems = append(problems, errTransient{fmt.Errorf("%s: replication slot %q is in use by another client (pid %d); stop that client (SELECT pg_terminate_backend(%d)) or set slot: to a name of its own",
+				where, s.cfg.Slot, slot.ActivePID, slot.ActivePID)})
 		}
 	}
 	srv.Slot = slot

@@ -120,7 +120,11 @@ type memLog struct {
 func (l *memLog) add(level, msg string, args ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lines = append(l.lines, level+" "+msg+" "+fmt.Sprint(args...))
+	line := level + " " + msg
+	for i := 0; i+1 < len(args); i += 2 {
+		line += fmt.Sprintf(" %v=%v", args[i], args[i+1])
+	}
+	l.lines = append(l.lines, line)
 	if os.Getenv("PGTEST_LOG") != "" {
 		fmt.Fprintln(os.Stderr, level, msg, args)
 	}
@@ -445,4 +449,14 @@ func (d *yamlDoc) parse(t testing.TB, s string) {
 
 func optsFor(e *env) capture.Options {
 	return capture.Options{Name: e.name, File: "test.yaml", Log: &memLog{}}
+}
+
+// waitInactive waits until no walsender holds the slot (the server notices
+// a closed replication connection a moment later).
+func (e *env) waitInactive(slot string) {
+	e.t.Helper()
+	waitFor(e.t, 10*time.Second, "slot "+slot+" inactive", func() bool {
+		_, active, _ := e.slot(slot)
+		return !active
+	})
 }

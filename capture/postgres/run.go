@@ -48,7 +48,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 			}
 		}
 		started := time.Now()
-		next, pending, err := s.session(ctx, cp, sink, reqs, req, attempt > 0)
+		next, pending, err := s.session(ctx, cp, sink, reqs, req)
 		progressed := next.LSN != cp.LSN || next.Snapshot != cp.Snapshot
 		cp, req = next, pending
 		switch {
@@ -81,7 +81,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 // session connects, checks, restores continuity (snapshot if needed) and
 // streams until an error, a stop, or a snapshot request. It returns the
 // last durable checkpoint.
-func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan snapRequest, req *snapRequest, reconnect bool) (checkpoint, *snapRequest, error) {
+func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan snapRequest, req *snapRequest) (checkpoint, *snapRequest, error) {
 	meta, err := s.connect(ctx)
 	if err != nil {
 		return cp, req, err
@@ -93,10 +93,8 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 	}
 	if len(problems) > 0 {
 		err := errors.Join(problems...)
-		if reconnect && srv.Slot != nil && srv.Slot.Active && len(problems) == 1 {
-			// Our previous walsender may not have noticed the broken
-			// connection yet.
-			err = errTransient{err}
+		if len(problems) == 1 && isTransient(problems[0]) {
+			err = problems[0]
 		}
 		return cp, req, err
 	}

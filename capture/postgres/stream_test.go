@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -200,8 +201,17 @@ func TestLargeTransactionResume(t *testing.T) {
 	waitFor(t, 20*time.Second, "streaming", func() bool { return len(sink.all()) > 0 })
 	r.stop()
 	// Apply fails on the 5th batch of the transaction: a crash mid-way.
+	withRows := 0
 	sink.mu.Lock()
-	sink.failAt = sink.calls + 5
+	sink.onApply = func(b capture.Batch) error {
+		if len(b.Changes) > 0 {
+			withRows++
+			if withRows == 5 {
+				return errors.New("simulated crash before commit")
+			}
+		}
+		return nil
+	}
 	sink.mu.Unlock()
 	r = start(t, src, sink, sink.checkpoint())
 	e.exec("INSERT INTO big SELECT i, 'v' || i FROM generate_series(1, 1000) i")
@@ -216,6 +226,7 @@ func TestLargeTransactionResume(t *testing.T) {
 	if c, _, _ := e.slot(src.cfg.Slot); mustLSN(c) >= mustLSN(cp.Tx.Commit) {
 		t.Fatalf("confirmed_flush_lsn %s passed the half-applied transaction at %s", c, cp.Tx.Commit)
 	}
+	sink.onApply = nil
 	src2, _ := e.source("tables: [public.big]", "batch_size: 100")
 	start(t, src2, sink, sink.checkpoint())
 	waitFor(t, 20*time.Second, "1000 rows", func() bool { return len(sink.snapshotOf("public.big")) == 1000 })
