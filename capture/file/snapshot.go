@@ -79,6 +79,9 @@ func (s *Source) entries() ([]entry, error) {
 		}
 		p := filepath.Join(s.cfg.path, name)
 		fi, err := os.Stat(p) // follows symbolic links
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the listing, or a dangling link
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}
@@ -151,6 +154,9 @@ func (s *Source) open(e entry) (*snapshot, error) {
 			return nil, fmt.Errorf("%s is not a regular file", f.path)
 		}
 		f.stamp = stamp{Name: filepath.ToSlash(spec.rel), Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
+		if !snap.isDir {
+			f.stamp.Name = e.name
+		}
 		snap.files = append(snap.files, f)
 	}
 	newest := time.Time{}
