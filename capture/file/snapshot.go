@@ -91,7 +91,7 @@ func (s *Source) entries() ([]entry, error) {
 		if !s.cfg.dirSnapshots && s.cfg.files[0].format == "" {
 			if f, _ := formatOf(name); f == "" {
 				s.warnOnce(name, "file source: skipping a file whose format is unknown; name it .jsonl, .csv, .tsv or .ldif, or set format",
-					"source", s.name, "file", p)
+					"file", p)
 				continue
 			}
 		}
