@@ -302,9 +302,10 @@ func (s *Samba) bridge(l net.Listener, addr string) {
 	}
 }
 
-// dialInNS dials addr from a thread that joined samba's network namespace.
-// The goroutine never unlocks its thread, so the runtime discards the
-// thread afterwards and no other goroutine runs in that namespace.
+// dialInNS dials addr from a thread that joined samba's network namespace
+// and then returns to its own. (A thread that could not return is left
+// locked, so the runtime discards it; that would also fire the
+// Pdeathsig of any child that thread started, so it must stay rare.)
 func (s *Samba) dialInNS(addr string) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
@@ -313,18 +314,30 @@ func (s *Samba) dialInNS(addr string) (net.Conn, error) {
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, fmt.Errorf("open own netns: %w", err)}
+			return
+		}
+		defer unix.Close(home)
 		fd, err := unix.Open(s.ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, fmt.Errorf("open %s: %w", s.ns, err)}
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, fmt.Errorf("setns: %w", err)}
 			return
 		}
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		ch <- result{c, err}
+		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
 	}()
 	r := <-ch
 	return r.c, r.err

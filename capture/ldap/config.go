@@ -336,7 +336,9 @@ func (c *config) id() string {
 	if c.Flavor == FlavorAD {
 		base = strings.ToLower(base) // AD names compare case-insensitively
 	}
-	return "ldap://" + domain + "/" + url.PathEscape(base)
+	// RFC 4516: the DN is the URL's path, percent-encoded where needed
+	// (spaces, non-ASCII); commas and '=' stay readable.
+	return "ldap://" + domain + "/" + strings.TrimPrefix((&url.URL{Path: "/" + base}).EscapedPath(), "/")
 }
 
 func (c *config) errorf(hint, format string, args ...any) error {
