@@ -103,7 +103,7 @@ func (f *adFixture) guid(t *testing.T, dn string) string {
 func TestADSnapshotValues(t *testing.T) {
 	f := newADFixture(t)
 	b := f.base
-	f.unit("OU=Afd,"+b)
+	f.unit("OU=Afd," + b)
 	photo := bytes.Repeat([]byte{0xff, 0xd8, 0x00, 0x01}, 500)
 	f.user("CN=Anne,OU=Afd,"+b, "anne"+b[3:8], map[string][]string{
 		"proxyAddresses": {"smtp:b@x", "SMTP:a@x"}, "thumbnailPhoto": {string(photo)}, "sn": {"A"},
