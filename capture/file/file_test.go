@@ -1,6 +1,7 @@
 package file
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -798,5 +799,27 @@ func TestDatedLateArrival(t *testing.T) {
 	}
 	if n := log.count("snapshot 2026-01-01 last"); n != 0 {
 		t.Errorf("warned about a snapshot that was applied: %q", log.msgs)
+	}
+}
+
+func TestGzipSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	var buf strings.Builder
+	zw := gzip.NewWriter(&buf)
+	zw.Write([]byte("{\"id\":1}\n{\"id\":2}\n"))
+	zw.Close()
+	writeFiles(t, dir, map[string]string{"s/users.jsonl.gz": buf.String(), "s/units.csv": "id\nu1\n"})
+	s := newSource(t, fmt.Sprintf("{type: file, path: %q, interval: 0, records: {users: {file: users.jsonl.gz}, units: {file: units.csv}}}",
+		filepath.Join(dir, "s")), capture.Options{})
+	sink := &recSink{}
+	if err := s.Run(context.Background(), nil, sink); err != nil {
+		t.Fatal(err)
+	}
+	rs := completed(t, sink.take())
+	if len(rs) != 1 || !slices.Equal(values(rs[0]), []string{"units u1", "users 1", "users 2"}) {
+		t.Fatalf("got %+v", rs)
+	}
+	if p := rs[0].changes[2].Position; p != "s/users.jsonl.gz:2" {
+		t.Errorf("position %q", p)
 	}
 }
