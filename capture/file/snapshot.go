@@ -21,7 +21,6 @@ import (
 // snapshot is one full export: a directory of record files, or one file.
 type snapshot struct {
 	name  string // base name: "2026-01-05", "org.jsonl"
-	path  string
 	isDir bool
 	files []snapFile
 	at    time.Time // Change.ChangedAt
@@ -119,7 +118,7 @@ func (s *Source) open(e entry) (*snapshot, error) {
 		}
 		return nil, err
 	}
-	snap := &snapshot{name: e.name, path: e.path, isDir: fi.IsDir()}
+	snap := &snapshot{name: e.name, isDir: fi.IsDir()}
 	switch {
 	case s.cfg.dirSnapshots && !snap.isDir:
 		return nil, fmt.Errorf("%s is a file, but records name files in a snapshot directory; point path at the directory, or drop file from the records", e.path)
