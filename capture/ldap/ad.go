@@ -33,6 +33,7 @@ type touched struct {
 	moved    bool // renamed or moved: its DN changed
 	restored bool // came back from the deleted objects
 	deleted  bool // a tombstone
+	enabled  bool // userAccountControl changed (DirSync only)
 }
 
 // dirSyncAttrs are the attributes DirSync watches: an object is returned
@@ -182,6 +183,7 @@ func touchedFromDirSync(e *goldap.Entry) touched {
 	t.deleted = strings.EqualFold(e.GetAttributeValue("isDeleted"), "TRUE")
 	t.restored = !t.deleted && has("isDeleted")
 	t.moved = !t.created && !t.deleted && (has("name") || has("parentGUID"))
+	t.enabled = has("userAccountControl")
 	return t
 }
 
@@ -277,6 +279,7 @@ func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
 					uniq[i].moved = uniq[i].moved || t.moved
 					uniq[i].created = uniq[i].created || t.created
 					uniq[i].restored = uniq[i].restored || t.restored
+					uniq[i].enabled = uniq[i].enabled || t.enabled
 				}
 			}
 			continue
@@ -350,8 +353,10 @@ func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
 				// The reason only counts when the engine makes this a
 				// create or an undelete.
 				switch {
-				case t.restored || ent.restored:
+				case t.restored:
 					ch.Reason = "restored"
+				case s.cfg.DisabledAs == "delete" && t.enabled:
+					ch.Reason = "" // re-enabled: the engine's default, restored
 				case !t.created:
 					ch.Reason = "moved-into-scope"
 				}

@@ -202,7 +202,7 @@ func TestADChanges(t *testing.T) {
 		t.Fatal("cleared attribute not nil")
 	}
 
-	d.replace(dn, "userAccountControl", "512") // enable (no password needed: 512 lacks PASSWD_NOTREQD... Samba allows it for the admin)
+	d.replace(dn, "userAccountControl", "512") // enable
 	runOnce(t, src, sink)
 	wantEvents(t, sink.take(), event{Op: "update", Record: "users", Key: bo, Changed: []string{"disabled", "userAccountControl"}})
 	d.replace(dn, "userAccountControl", "514")
@@ -213,6 +213,25 @@ func TestADChanges(t *testing.T) {
 	runOnce(t, src, sink)
 	wantEvents(t, sink.take(), event{Op: "delete", Record: "users", Key: bo, Reason: "tombstone"})
 
+	// restore the tombstone (same GUID): undelete
+	res, err := d.c.Search(goldap.NewSearchRequest(f.srv.BaseDN, goldap.ScopeWholeSubtree, goldap.NeverDerefAliases, 0, 0, false,
+		"(&(isDeleted=TRUE)(sAMAccountName="+sam+"))", []string{"objectGUID"}, []goldap.Control{goldap.NewControlMicrosoftShowDeleted()}))
+	if err != nil || len(res.Entries) != 1 {
+		t.Fatalf("tombstone: %v %v", err, res)
+	}
+	m := goldap.NewModifyRequest(res.Entries[0].DN, []goldap.Control{goldap.NewControlMicrosoftShowDeleted()})
+	m.Delete("isDeleted", nil)
+	m.Replace("distinguishedName", []string{dn})
+	if err := d.c.Modify(m); err != nil {
+		t.Fatal(err)
+	}
+	runOnce(t, src, sink)
+	wantEvents(t, sink.take(), event{Op: "undelete", Record: "users", Key: bo, Reason: "restored"})
+	d.del(dn)
+	runOnce(t, src, sink)
+	sink.take()
+
+	// re-create with the same name: a new object
 	f.user(dn, sam, nil)
 	runOnce(t, src, sink)
 	bo2 := f.guid(t, dn)
@@ -472,7 +491,7 @@ func TestADDisabledAsDelete(t *testing.T) {
 	wantEvents(t, sink.take(), event{Op: "delete", Record: "users", Key: u, Reason: "disabled"})
 	f.d.replace(dn, "userAccountControl", "512")
 	runOnce(t, src, sink)
-	wantEvents(t, sink.take(), event{Op: "undelete", Record: "users", Key: u, Reason: "moved-into-scope"})
+	wantEvents(t, sink.take(), event{Op: "undelete", Record: "users", Key: u, Reason: "restored"})
 }
 
 // TestADDCGoesAwayMidSnapshot: the connection drops in the middle of a

@@ -82,9 +82,12 @@ func (ss *session) close() {
 }
 
 func (s *Source) connect(ctx context.Context) (*session, error) {
-	if s.sess != nil {
+	if s.sess != nil && !s.sess.stream.IsClosing() && !s.sess.lookup.IsClosing() {
 		return s.sess, nil
 	}
+	// A server closes idle connections (AD after 15 minutes): dial anew
+	// rather than fail the next cycle.
+	s.disconnect()
 	st, err := s.dial(ctx)
 	if err != nil {
 		return nil, err
