@@ -114,7 +114,7 @@ func load(path string, opt loadOptions) (*app, error) {
 		se.info = history.SourceInfo{Name: e.Name, Type: e.Type, ID: e.Type + "://" + e.Name, Guard: g}
 		if opt.sources {
 			src, err := f(e.Node, capture.Options{Name: e.Name, File: path, Records: maps.Records(e.Name), Once: opt.once,
-				Log: a.log.With("source", e.Name)})
+				Log: a.log}) // adapters name themselves in what they log
 			if err != nil {
 				if ce := configErr(err, path); ce != nil {
 					return nil, ce

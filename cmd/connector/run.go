@@ -150,7 +150,7 @@ func (a *app) runSource(ctx context.Context, s *sourceEntry, once bool) error {
 			a.log.Error("source stopped by the deletion guard", "source", s.Name, "error", err)
 			return err
 		case once:
-			return fmt.Errorf("source %q: %w", s.Name, err)
+			return err // adapters and the engine name the source
 		}
 		a.log.Error("source failed; restarting", "source", s.Name, "retry_in", wait, "error", err)
 		select {
