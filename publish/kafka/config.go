@@ -355,8 +355,8 @@ func parseTemplate(raw string) (template, error) {
 // static reports whether the template names one topic.
 func (t template) static() bool { return !strings.ContainsRune(t.raw, '{') }
 
-// expand fills in the placeholders: values are lower-cased and characters
-// Kafka does not allow become '_'.
+// expand fills in the placeholders: values are lower-cased, æ ø å folded
+// to ae oe aa, and other characters Kafka does not allow become '_'.
 func (t template) expand(source, typ string) string {
 	if t.static() {
 		return t.raw
@@ -377,10 +377,18 @@ func (t template) expand(source, typ string) string {
 
 func writeTopicPart(b *strings.Builder, s string) {
 	for _, c := range strings.ToLower(s) {
-		if !legalTopicChar(c) {
-			c = '_'
+		switch {
+		case legalTopicChar(c):
+			b.WriteRune(c)
+		case c == 'æ': // Danish letters folded as in the event's names
+			b.WriteString("ae")
+		case c == 'ø':
+			b.WriteString("oe")
+		case c == 'å':
+			b.WriteString("aa")
+		default:
+			b.WriteByte('_')
 		}
-		b.WriteRune(c)
 	}
 }
 

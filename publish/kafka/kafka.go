@@ -45,6 +45,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -217,31 +218,99 @@ const diagnoseEvery = 10 * time.Second
 // errRefusedBefore stops a round before an event for a refusing topic.
 var errRefusedBefore = errors.New("topic refused the previous event")
 
-// build renders events[start:] until one cannot be sent now, and returns
-// their records, where it stopped and why. With probe set it stops before
-// an event bound for a topic in r.refused.
+// build returns the records of events[start:] up to the first event that
+// cannot be sent now, where it stopped and why. With probe set it stops
+// before an event bound for a topic in r.refused.
 func (r *Receiver) build(ctx context.Context, events []history.Event, start int, probe bool) ([]message, int, error) {
-	perEvent := 1
+	per := 1
 	if r.s.hasStateTopic {
-		perEvent = 2
+		per = 2
 	}
-	msgs := make([]message, 0, perEvent*(len(events)-start))
+	msgs := make([]message, per*(len(events)-start))
+	end, stop := len(events), error(nil)
+	// Routing may ask the cluster about a new topic: in order, one by one.
 	for i := start; i < len(events); i++ {
-		n := len(msgs)
-		var err error
-		msgs, err = r.appendMessages(ctx, msgs, i, &events[i])
-		if err == nil && probe && len(r.refused) > 0 {
-			for _, m := range msgs[n:] {
-				if _, ok := r.refused[m.topic]; ok {
-					err = errRefusedBefore
-				}
+		if err := r.route(ctx, msgs[(i-start)*per:(i-start+1)*per], i, &events[i], probe); err != nil {
+			end, stop = i, err
+			break
+		}
+	}
+	// Rendering is pure and most of Deliver's work: spread it over the cores.
+	if failed, err := r.renderAll(events, msgs, start, end, per); err != nil {
+		end, stop = failed, err
+	}
+	return msgs[:(end-start)*per], end, stop
+}
+
+// route fills in event i's records' topics, partitions and keys: ms[0] on
+// the event topic, ms[1] on the state topic.
+func (r *Receiver) route(ctx context.Context, ms []message, i int, e *history.Event, probe bool) error {
+	topic, stateTopic := r.topicNames(e)
+	key := []byte(render.Key(e))
+	ms[0] = message{event: i, topic: topic, key: key}
+	var err error
+	if ms[0].partition, err = r.partition(ctx, topic, false, key); err != nil {
+		return err
+	}
+	if len(ms) > 1 {
+		ms[1] = message{event: i, topic: stateTopic, key: key}
+		if ms[1].partition, err = r.partition(ctx, stateTopic, true, key); err != nil {
+			return err
+		}
+	}
+	if probe && len(r.refused) > 0 {
+		for _, m := range ms {
+			if _, ok := r.refused[m.topic]; ok {
+				return errRefusedBefore
 			}
 		}
-		if err != nil {
-			return msgs[:n], i, err
+	}
+	return nil
+}
+
+// renderChunk is the fewest events worth a goroutine of their own.
+const renderChunk = 64
+
+// renderAll renders events[start:end] into msgs, concurrently in chunks.
+// It returns the index of the first event that cannot be rendered, and
+// why.
+func (r *Receiver) renderAll(events []history.Event, msgs []message, start, end, per int) (int, error) {
+	n := end - start
+	workers := min(runtime.GOMAXPROCS(0), n/renderChunk)
+	if workers <= 1 {
+		return r.renderRange(events, msgs, start, start, end, per)
+	}
+	type result struct {
+		failed int
+		err    error
+	}
+	results := make([]result, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		from, to := start+n*w/workers, start+n*(w+1)/workers
+		wg.Go(func() {
+			failed, err := r.renderRange(events, msgs, start, from, to, per)
+			results[w] = result{failed, err}
+		})
+	}
+	wg.Wait()
+	for _, res := range results { // in event order: the first failure wins
+		if res.err != nil {
+			return res.failed, res.err
 		}
 	}
-	return msgs, len(events), nil
+	return 0, nil
+}
+
+// renderRange renders events[from:to]; their records start at
+// msgs[(from-start)*per].
+func (r *Receiver) renderRange(events []history.Event, msgs []message, start, from, to, per int) (int, error) {
+	for i := from; i < to; i++ {
+		if err := r.render(msgs[(i-start)*per:(i-start+1)*per], &events[i]); err != nil {
+			return i, err
+		}
+	}
+	return 0, nil
 }
 
 // failure turns the first failed event index and its cause into the
@@ -275,59 +344,48 @@ type rejection struct{ err error }
 func (e *rejection) Error() string { return e.err.Error() }
 func (e *rejection) Unwrap() error { return e.err }
 
-// appendMessages renders event i and appends its records.
-func (r *Receiver) appendMessages(ctx context.Context, msgs []message, i int, e *history.Event) ([]message, error) {
-	topic, stateTopic := r.topicNames(e)
-	key := []byte(render.Key(e))
-	m := message{event: i, topic: topic, key: key}
+// render fills in the values and headers of e's routed records.
+func (r *Receiver) render(ms []message, e *history.Event) error {
+	m := &ms[0]
 	var err error
 	switch r.s.Format {
 	case FormatBinary:
-		var data []byte
-		if data, err = render.Data(e); err != nil {
-			break
+		if m.value, err = render.Data(e); err == nil {
+			m.headers = headers(render.Binary(r.ce.Attributes(e), "ce_"))
 		}
-		m.value = data
-		m.headers = headers(render.Binary(r.ce.Attributes(e), "ce_"))
 	case FormatStructured:
 		var data []byte
-		if data, err = render.Data(e); err != nil {
-			break
+		if data, err = render.Data(e); err == nil {
+			m.value = render.Structured(r.ce.Attributes(e), data)
+			m.headers = []kafkago.Header{{Key: "content-type", Value: []byte(render.ContentTypeStructured)}}
 		}
-		m.value = render.Structured(r.ce.Attributes(e), data)
-		m.headers = []kafkago.Header{{Key: "content-type", Value: []byte(render.ContentTypeStructured)}}
 	case FormatDebezium:
-		if m.value, err = render.DebeziumJSON(e); err != nil {
-			break
+		if m.value, err = render.DebeziumJSON(e); err == nil {
+			m.headers = []kafkago.Header{{Key: "content-type", Value: []byte(render.ContentTypeJSON)}}
 		}
-		m.headers = []kafkago.Header{{Key: "content-type", Value: []byte(render.ContentTypeJSON)}}
 	}
 	if err != nil {
-		return msgs, &rejection{fmt.Errorf("kafka receiver %q: %w", r.name, err)}
+		return &rejection{fmt.Errorf("kafka receiver %q: %w", r.name, err)}
 	}
-	if m.partition, err = r.partition(ctx, topic, false, key); err != nil {
-		return msgs, err
+	m.size = recordSize(m)
+	if len(ms) == 1 {
+		return nil
 	}
-	m.size = recordSize(&m)
-	msgs = append(msgs, m)
-	if !r.s.hasStateTopic {
-		return msgs, nil
-	}
-	s := message{event: i, topic: stateTopic, key: key, headers: []kafkago.Header{
+	// The state topic: the current image, or a tombstone once the object
+	// is gone.
+	s := &ms[1]
+	s.headers = []kafkago.Header{
 		{Key: "connector-event-id", Value: []byte(e.EventID)},
 		{Key: "connector-sequence", Value: []byte(render.Sequence(e.Sequence))},
-	}}
+	}
 	if e.Operation != history.OpDelete && e.After != nil {
-		if s.value, err = jsonValue(e.After); err != nil {
-			return msgs, &rejection{fmt.Errorf("kafka receiver %q: state of %s: %w", r.name, render.Key(e), err)}
+		if s.value, err = render.AppendValue(make([]byte, 0, 1024), e.After); err != nil {
+			return &rejection{fmt.Errorf("kafka receiver %q: state of %s: %w", r.name, render.Key(e), err)}
 		}
 		s.headers = append(s.headers, kafkago.Header{Key: "content-type", Value: []byte(render.ContentTypeJSON)})
 	}
-	if s.partition, err = r.partition(ctx, stateTopic, true, key); err != nil {
-		return msgs, err
-	}
-	s.size = recordSize(&s)
-	return append(msgs, s), nil
+	s.size = recordSize(s)
+	return nil
 }
 
 // topicNames returns the event and state topic of e, cached per source
@@ -345,10 +403,18 @@ func (r *Receiver) topicNames(e *history.Event) (string, string) {
 	return n[0], n[1]
 }
 
+// headers turns attributes into Kafka headers; the values share one
+// allocation.
 func headers(attrs []render.Attribute) []kafkago.Header {
+	n := 0
+	for _, a := range attrs {
+		n += len(a.Value)
+	}
+	arena := make([]byte, 0, n)
 	h := make([]kafkago.Header, len(attrs))
 	for i, a := range attrs {
-		h[i] = kafkago.Header{Key: a.Name, Value: []byte(a.Value)}
+		arena = append(arena, a.Value...)
+		h[i] = kafkago.Header{Key: a.Name, Value: arena[len(arena)-len(a.Value) : len(arena) : len(arena)]}
 	}
 	return h
 }

@@ -3,7 +3,6 @@ package kafka
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sync"
@@ -192,5 +191,3 @@ func (r *records) ReadRecord() (*kafkago.Record, error) {
 type bytesReader struct{ bytes.Reader }
 
 func (*bytesReader) Close() error { return nil }
-
-func jsonValue(v any) ([]byte, error) { return json.Marshal(v) }

@@ -11,7 +11,6 @@ package render
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -37,7 +36,7 @@ func Key(e *history.Event) string { return e.Object.Type + "/" + e.Object.ID }
 
 // Data is the CloudEvents data of e: the canonical event as JSON.
 func Data(e *history.Event) ([]byte, error) {
-	b, err := json.Marshal(e)
+	b, err := AppendEvent(make([]byte, 0, 2048), e)
 	if err != nil {
 		return nil, fmt.Errorf("render event %s (sequence %d) as JSON: %w", e.EventID, e.Sequence, err)
 	}
@@ -109,12 +108,12 @@ func (c CloudEvents) Attributes(e *history.Event) []Attribute {
 	// Optional.
 	add("datacontenttype", ContentTypeJSON)
 	add("subject", key)
-	add("time", bt.RegistreringFra.String())
+	add("time", timeString(bt.RegistreringFra))
 	// Extensions defined by CloudEvents (partitioning, sequence, recorded
 	// time, data classification).
 	add("partitionkey", key)
 	add("sequence", Sequence(e.Sequence))
-	add("recordedtime", e.ObservedAt.String())
+	add("recordedtime", timeString(e.ObservedAt))
 	add("dataclassification", cl.Dataclassification)
 	add("datacategory", cl.Datacategory)
 	add("dataregulation", strings.Join(cl.Dataregulation, ","))
@@ -124,9 +123,9 @@ func (c CloudEvents) Attributes(e *history.Event) []Attribute {
 	add("changekind", e.ChangeKind)
 	add("reason", e.Reason)
 	add("objectversion", strconv.FormatUint(e.Object.Version, 10))
-	add("virkningfra", bt.VirkningFra.String())
+	add("virkningfra", timeString(bt.VirkningFra))
 	if bt.VirkningTil != nil {
-		add("virkningtil", bt.VirkningTil.String())
+		add("virkningtil", timeString(*bt.VirkningTil))
 	}
 	add("sourceepoch", strconv.FormatUint(e.Source.Epoch, 10))
 	add("transactionid", e.Trace.TransactionID)
@@ -134,20 +133,43 @@ func (c CloudEvents) Attributes(e *history.Event) []Attribute {
 	return attrs
 }
 
+func timeString(t history.Time) string {
+	var buf [32]byte
+	return string(AppendTime(buf[:0], t))
+}
+
 // Binary returns the headers of binary content mode: each attribute as
 // prefix+name, except datacontenttype, which becomes "content-type". The
 // Kafka binding uses prefix "ce_", the HTTP binding "ce-".
 func Binary(attrs []Attribute, prefix string) []Attribute {
+	names := binaryNames[prefix] // the usual names, without an allocation each
 	out := make([]Attribute, len(attrs))
 	for i, a := range attrs {
-		if a.Name == "datacontenttype" {
-			out[i] = Attribute{"content-type", a.Value}
-			continue
+		name, ok := names[a.Name]
+		if !ok {
+			name = prefix + a.Name
 		}
-		out[i] = Attribute{prefix + a.Name, a.Value}
+		out[i] = Attribute{name, a.Value}
 	}
 	return out
 }
+
+// binaryNames maps the attributes Attributes writes to their binary-mode
+// header names, for the Kafka and HTTP prefixes.
+var binaryNames = func() map[string]map[string]string {
+	known := []string{"specversion", "id", "source", "type", "subject", "time", "partitionkey", "sequence",
+		"recordedtime", "dataclassification", "datacategory", "dataregulation", "emission", "changekind", "reason",
+		"objectversion", "virkningfra", "virkningtil", "sourceepoch", "transactionid", "correlationid"}
+	out := map[string]map[string]string{}
+	for _, prefix := range []string{"ce_", "ce-"} {
+		m := map[string]string{"datacontenttype": "content-type"}
+		for _, n := range known {
+			m[n] = prefix + n
+		}
+		out[prefix] = m
+	}
+	return out
+}()
 
 // Structured returns the structured-mode document: a JSON object of the
 // attributes and "data". data must be a JSON document (normally Data(e));
@@ -167,23 +189,4 @@ func Structured(attrs []Attribute, data []byte) []byte {
 	b.Write(data)
 	b.WriteByte('}')
 	return b.Bytes()
-}
-
-// appendString appends s as a JSON string. Attribute values are short and
-// mostly plain ASCII, so this avoids encoding/json's reflection.
-func appendString(dst []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			dst = append(dst, '\\', c)
-		case c < 0x20:
-			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return append(dst, '"')
 }

@@ -1,0 +1,193 @@
+package kafka
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/os2sandbox/connector/history"
+	"github.com/os2sandbox/connector/testenv"
+)
+
+var (
+	benchEvents = flag.Int("kafka.events", 200000, "events per BenchmarkDeliver run")
+	benchBatch  = flag.Int("kafka.batch", 1000, "events per Deliver call (the dispatcher's batch) in BenchmarkDeliver")
+)
+
+// benchEvent is event i of a stream over 1,000 objects with realistic
+// images (about 20 fields, 600-700 bytes of JSON each).
+func benchEvent(i int) history.Event {
+	id := fmt.Sprintf("%08d-aaaa-4bbb-8ccc-%012d", i%1000, i%1000)
+	version := uint64(i/1000 + 1)
+	op := history.OpUpdate
+	if version == 1 {
+		op = history.OpCreate
+	}
+	e := ev(uint64(i+1), "hr", "Employee", id, op, version)
+	img := map[string]any{
+		"id": id, "version": float64(version),
+		"givenName": "Karen", "surname": fmt.Sprintf("Jensen-%d", i%977), "displayName": "Karen Jensen",
+		"mail": fmt.Sprintf("kj%d@kommune.example.dk", i%1000), "phone": "+45 33 12 34 56",
+		"title": "Sagsbehandler", "department": "Borgerservice", "unit": fmt.Sprintf("OU-%d", i%37),
+		"manager": "00000042-aaaa-4bbb-8ccc-000000000042", "employeeNumber": fmt.Sprintf("E%06d", i%1000),
+		"startDate": "2019-08-01", "costCenter": "4711", "location": "Rådhuset, 2. sal",
+		"groups":  []any{"alle-ansatte", "borgerservice", "sagsbehandlere"},
+		"enabled": true, "lastChange": fmt.Sprintf("2024-05-01T12:%02d:00Z", i%60),
+	}
+	e.After = img
+	if op == history.OpUpdate {
+		prev := make(map[string]any, len(img))
+		for k, v := range img {
+			prev[k] = v
+		}
+		prev["version"] = float64(version - 1)
+		e.Before = prev
+		e.Changed = []string{"lastChange", "version"}
+	}
+	return e
+}
+
+func benchBatchEvents(from, n int) []history.Event {
+	out := make([]history.Event, n)
+	for i := range out {
+		out[i] = benchEvent(from + i)
+	}
+	return out
+}
+
+// BenchmarkDeliver puts the same events through Receiver.Deliver and, in
+// the same run, the same serialized records through a bare kafka-go Writer
+// (acks=all, same balancer, compression and batch limits, WriteMessages
+// with the same batches), and reports both rates and their ratio. kfake
+// discards the records (BlackholeProduce) but parses and acknowledges
+// every batch, so broker storage does not blur the client-side figures;
+// broker and clients share this machine's cores.
+//
+//	go test -run '^$' -bench BenchmarkDeliver -benchtime 1x ./publish/kafka -args -kafka.events=1000000
+func BenchmarkDeliver(b *testing.B) {
+	k := testenv.NewKafka(b, testenv.KafkaOptions{InMemory: true, Extra: []kfake.Opt{kfake.BlackholeProduce()}})
+	r := openReceiver(b, &testLog{t: b}, testConfig(k.Addr))
+	total, batch := *benchEvents, *benchBatch
+
+	// The baseline's records are exactly what the receiver produces,
+	// rendered batch by batch outside the clock. Events, too, are made
+	// batch by batch outside the clock, as the dispatcher reads them from
+	// the log: the harness holds no large heap for the garbage collector
+	// to scan, which would slow down whichever side allocates more.
+	var bytes int64
+	records := func(from, n int) []kafkago.Message {
+		r.mu.Lock()
+		msgs, _, err := r.build(context.Background(), benchBatchEvents(from, n), 0, false)
+		r.mu.Unlock()
+		if err != nil {
+			b.Fatal(err)
+		}
+		out := make([]kafkago.Message, len(msgs))
+		for i, m := range msgs {
+			out[i] = kafkago.Message{Topic: m.topic, Key: m.key, Value: m.value, Headers: m.headers}
+		}
+		return out
+	}
+	for _, m := range records(0, batch) {
+		bytes += int64(len(m.Key) + len(m.Value))
+		for _, h := range m.Headers {
+			bytes += int64(len(h.Key) + len(h.Value))
+		}
+	}
+	bytes = bytes * int64(total) / int64(batch) // events are alike in size
+	w := &kafkago.Writer{
+		Addr:         kafkago.TCP(k.Addr),
+		Balancer:     balancer,
+		RequiredAcks: kafkago.RequireAll,
+		Compression:  r.s.compression,
+		// WriteMessages gets batch records at a time, so no partition
+		// batch holds more (the Writer allocates BatchSize slots for each).
+		BatchSize:  batch,
+		BatchBytes: int64(r.s.BatchBytes),
+		// WriteMessages waits for a batch that is not full this long;
+		// the receiver never waits, so keep the baseline from waiting too.
+		BatchTimeout: time.Millisecond,
+	}
+	defer w.Close()
+
+	deliver := func(from, n int) time.Duration {
+		var d time.Duration
+		for i := from; i < from+n; i += batch {
+			evs := benchBatchEvents(i, min(batch, from+n-i))
+			start := time.Now()
+			if err := r.Deliver(context.Background(), evs); err != nil {
+				b.Fatal(err)
+			}
+			d += time.Since(start)
+		}
+		return d
+	}
+	write := func(from, n int) time.Duration {
+		var d time.Duration
+		for i := from; i < from+n; i += batch {
+			recs := records(i, min(batch, from+n-i))
+			start := time.Now()
+			if err := w.WriteMessages(context.Background(), recs...); err != nil {
+				b.Fatal(err)
+			}
+			d += time.Since(start)
+		}
+		return d
+	}
+	// The receiver's delivery machinery alone, on the same records.
+	produce := func(from, n int) time.Duration {
+		var d time.Duration
+		for i := from; i < from+n; i += batch {
+			r.mu.Lock()
+			msgs, _, err := r.build(context.Background(), benchBatchEvents(i, min(batch, from+n-i)), 0, false)
+			r.mu.Unlock()
+			if err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			if _, err := r.produce(context.Background(), msgs); err != nil {
+				b.Fatal(err)
+			}
+			d += time.Since(start)
+		}
+		return d
+	}
+	// Warm up both (topic metadata, connections, buffers).
+	deliver(0, min(total, 5000))
+	write(0, min(total, 5000))
+
+	// Alternate in slices, so that both see the same machine: other
+	// processes' load comes and goes.
+	const slices = 20
+	b.ResetTimer()
+	var tr, tw, tp time.Duration
+	for range b.N {
+		for i := range slices {
+			from, to := total*i/slices, total*(i+1)/slices
+			tw += write(from, to-from)
+			tr += deliver(from, to-from)
+			tp += produce(from, to-from)
+		}
+	}
+	b.StopTimer()
+	n := float64(b.N * total)
+	mb := float64(int64(b.N)*bytes) / 1e6
+	b.ReportMetric(n/tr.Seconds(), "events/s")
+	b.ReportMetric(mb/tr.Seconds(), "MB/s")
+	b.ReportMetric(n/tw.Seconds(), "baseline-events/s")
+	b.ReportMetric(mb/tw.Seconds(), "baseline-MB/s")
+	b.ReportMetric(tw.Seconds()/tr.Seconds(), "ratio")
+	// Without rendering: Deliver's produce path on the baseline's records.
+	b.ReportMetric(tw.Seconds()/tp.Seconds(), "produce-ratio")
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MB") // Linux: KiB
+	}
+	b.Logf("%d events, %.0f MB of records: receiver %v, bare Writer %v", total, mb/float64(b.N), tr/time.Duration(b.N), tw/time.Duration(b.N))
+}

@@ -1,0 +1,395 @@
+package render
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/os2sandbox/connector/history"
+)
+
+// The canonical event is rendered for every record a receiver sends, and
+// encoding/json spends most of its time on reflection and on sorting map
+// keys through reflect.Values. AppendEvent writes the same bytes as
+// json.Marshal (the tests compare them on random events) several times
+// faster: the event's structure is written out by hand and the JSON types
+// images hold take a direct path. Other value types fall back to
+// encoding/json.
+
+// AppendEvent appends e as JSON, byte for byte what json.Marshal(e) writes.
+func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
+	var err error
+	dst = append(dst, `{"schemaVersion":`...)
+	dst = appendString(dst, e.SchemaVersion)
+	dst = append(dst, `,"eventId":`...)
+	dst = appendString(dst, e.EventID)
+	dst = append(dst, `,"sequence":`...)
+	dst = strconv.AppendUint(dst, e.Sequence, 10)
+	dst = append(dst, `,"emission":`...)
+	dst = appendString(dst, e.Emission)
+
+	s := &e.Source
+	dst = append(dst, `,"source":{"name":`...)
+	dst = appendString(dst, s.Name)
+	dst = append(dst, `,"type":`...)
+	dst = appendString(dst, s.Type)
+	dst = append(dst, `,"id":`...)
+	dst = appendString(dst, s.ID)
+	dst = append(dst, `,"epoch":`...)
+	dst = strconv.AppendUint(dst, s.Epoch, 10)
+	if s.Position != "" {
+		dst = append(dst, `,"position":`...)
+		dst = appendString(dst, s.Position)
+	}
+
+	o := &e.Object
+	dst = append(dst, `},"object":{"type":`...)
+	dst = appendString(dst, o.Type)
+	dst = append(dst, `,"id":`...)
+	dst = appendString(dst, o.ID)
+	if len(o.Keys) > 0 {
+		dst = append(dst, `,"keys":`...)
+		dst = appendStringMap(dst, o.Keys)
+	}
+	dst = append(dst, `,"version":`...)
+	dst = strconv.AppendUint(dst, o.Version, 10)
+
+	dst = append(dst, `},"operation":`...)
+	dst = appendString(dst, e.Operation)
+	if e.Reason != "" {
+		dst = append(dst, `,"reason":`...)
+		dst = appendString(dst, e.Reason)
+	}
+	dst = append(dst, `,"changeKind":`...)
+	dst = appendString(dst, e.ChangeKind)
+	if len(e.Supersedes) > 0 {
+		dst = append(dst, `,"supersedes":[`...)
+		for i := range e.Supersedes {
+			sp := &e.Supersedes[i]
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, `{"eventId":`...)
+			dst = appendString(dst, sp.EventID)
+			dst = append(dst, `,"registreringFra":`...)
+			dst = appendTime(dst, sp.RegistreringFra)
+			dst = append(dst, `,"virkningFra":`...)
+			dst = appendTime(dst, sp.VirkningFra)
+			dst = append(dst, `,"virkningTil":`...)
+			dst = appendTimePtr(dst, sp.VirkningTil)
+			dst = append(dst, '}')
+		}
+		dst = append(dst, ']')
+	}
+
+	b := &e.Bitemporal
+	dst = append(dst, `,"bitemporal":{"registreringFra":`...)
+	dst = appendTime(dst, b.RegistreringFra)
+	dst = append(dst, `,"registreringTil":`...)
+	dst = appendTimePtr(dst, b.RegistreringTil)
+	dst = append(dst, `,"registreringsaktoer":`...)
+	dst = appendString(dst, b.Registreringsaktoer)
+	dst = append(dst, `,"virkningFra":`...)
+	dst = appendTime(dst, b.VirkningFra)
+	dst = append(dst, `,"virkningTil":`...)
+	dst = appendTimePtr(dst, b.VirkningTil)
+	dst = append(dst, `,"virkningsaktoer":`...)
+	dst = appendString(dst, b.Virkningsaktoer)
+	dst = append(dst, `,"virkningKilde":`...)
+	dst = appendString(dst, b.VirkningKilde)
+	for _, f := range [...]struct{ name, value string }{
+		{`,"status":`, b.Status},
+		{`,"forretningshaendelse":`, b.Forretningshaendelse},
+		{`,"forretningsproces":`, b.Forretningsproces},
+		{`,"forretningsomraade":`, b.Forretningsomraade},
+	} {
+		if f.value != "" {
+			dst = append(dst, f.name...)
+			dst = appendString(dst, f.value)
+		}
+	}
+
+	dst = append(dst, `},"before":`...)
+	if dst, err = appendObject(dst, e.Before); err != nil {
+		return nil, err
+	}
+	dst = append(dst, `,"after":`...)
+	if dst, err = appendObject(dst, e.After); err != nil {
+		return nil, err
+	}
+	dst = append(dst, `,"changed":`...)
+	dst = appendStrings(dst, e.Changed)
+
+	c := &e.Classification
+	dst = append(dst, `,"classification":{"dataclassification":`...)
+	dst = appendString(dst, c.Dataclassification)
+	if c.Datacategory != "" {
+		dst = append(dst, `,"datacategory":`...)
+		dst = appendString(dst, c.Datacategory)
+	}
+	if len(c.Dataregulation) > 0 {
+		dst = append(dst, `,"dataregulation":`...)
+		dst = appendStrings(dst, c.Dataregulation)
+	}
+	if c.Sikkerhedsklassificering != "" {
+		dst = append(dst, `,"sikkerhedsklassificering":`...)
+		dst = appendString(dst, c.Sikkerhedsklassificering)
+	}
+	if len(c.Redacted) > 0 {
+		dst = append(dst, `,"redacted":`...)
+		dst = appendStrings(dst, c.Redacted)
+	}
+
+	dst = append(dst, `},"trace":{"transactionId":`...)
+	dst = appendString(dst, e.Trace.TransactionID)
+	if e.Trace.CorrelationID != "" {
+		dst = append(dst, `,"correlationId":`...)
+		dst = appendString(dst, e.Trace.CorrelationID)
+	}
+	dst = append(dst, `},"observedAt":`...)
+	dst = appendTime(dst, e.ObservedAt)
+	if e.SourceChangedAt != nil {
+		dst = append(dst, `,"sourceChangedAt":`...)
+		dst = appendTime(dst, *e.SourceChangedAt)
+	}
+	dst = append(dst, `,"integrity":{"contentHash":`...)
+	dst = appendString(dst, e.Integrity.ContentHash)
+	if e.Integrity.PrevContentHash != "" {
+		dst = append(dst, `,"prevContentHash":`...)
+		dst = appendString(dst, e.Integrity.PrevContentHash)
+	}
+	return append(dst, `}}`...), nil
+}
+
+// AppendValue appends v as JSON, byte for byte what json.Marshal(v) writes.
+func AppendValue(dst []byte, v any) ([]byte, error) {
+	switch v := v.(type) {
+	case nil:
+		return append(dst, "null"...), nil
+	case string:
+		return appendString(dst, v), nil
+	case bool:
+		return strconv.AppendBool(dst, v), nil
+	case float64:
+		return appendFloat(dst, v)
+	case int:
+		return strconv.AppendInt(dst, int64(v), 10), nil
+	case int64:
+		return strconv.AppendInt(dst, v, 10), nil
+	case map[string]any:
+		return appendObject(dst, v)
+	case []any:
+		if v == nil {
+			return append(dst, "null"...), nil
+		}
+		dst = append(dst, '[')
+		for i, x := range v {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			var err error
+			if dst, err = AppendValue(dst, x); err != nil {
+				return nil, err
+			}
+		}
+		return append(dst, ']'), nil
+	case []string:
+		return appendStrings(dst, v), nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, b...), nil
+}
+
+func appendObject(dst []byte, m map[string]any) ([]byte, error) {
+	if m == nil {
+		return append(dst, "null"...), nil
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	dst = append(dst, '{')
+	for i, k := range keys {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, k)
+		dst = append(dst, ':')
+		var err error
+		if dst, err = AppendValue(dst, m[k]); err != nil {
+			return nil, err
+		}
+	}
+	return append(dst, '}'), nil
+}
+
+func appendStringMap(dst []byte, m map[string]string) []byte {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	dst = append(dst, '{')
+	for i, k := range keys {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, k)
+		dst = append(dst, ':')
+		dst = appendString(dst, m[k])
+	}
+	return append(dst, '}')
+}
+
+func appendStrings(dst []byte, ss []string) []byte {
+	if ss == nil {
+		return append(dst, "null"...)
+	}
+	dst = append(dst, '[')
+	for i, s := range ss {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, s)
+	}
+	return append(dst, ']')
+}
+
+func appendTime(dst []byte, t history.Time) []byte {
+	dst = append(dst, '"')
+	dst = AppendTime(dst, t)
+	return append(dst, '"')
+}
+
+// AppendTime appends t in history.TimeLayout (RFC 3339, UTC, microseconds),
+// without time.Format's layout interpretation for the common years.
+func AppendTime(dst []byte, t history.Time) []byte {
+	u := t.UTC()
+	year, month, day := u.Date()
+	if year < 0 || year > 9999 {
+		return u.AppendFormat(dst, history.TimeLayout)
+	}
+	hour, min, sec := u.Clock()
+	dst = appendDigits(dst, year, 4)
+	dst = append(dst, '-')
+	dst = appendDigits(dst, int(month), 2)
+	dst = append(dst, '-')
+	dst = appendDigits(dst, day, 2)
+	dst = append(dst, 'T')
+	dst = appendDigits(dst, hour, 2)
+	dst = append(dst, ':')
+	dst = appendDigits(dst, min, 2)
+	dst = append(dst, ':')
+	dst = appendDigits(dst, sec, 2)
+	dst = append(dst, '.')
+	dst = appendDigits(dst, u.Nanosecond()/1000, 6)
+	return append(dst, 'Z')
+}
+
+// appendDigits appends n (non-negative) zero-padded to width digits.
+func appendDigits(dst []byte, n, width int) []byte {
+	var buf [8]byte
+	for i := width - 1; i >= 0; i-- {
+		buf[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return append(dst, buf[:width]...)
+}
+
+func appendTimePtr(dst []byte, t *history.Time) []byte {
+	if t == nil {
+		return append(dst, "null"...)
+	}
+	return appendTime(dst, *t)
+}
+
+// appendFloat writes f as encoding/json does (ES6 number formatting).
+func appendFloat(dst []byte, f float64) ([]byte, error) {
+	if math.IsInf(f, 0) || math.IsNaN(f) {
+		return nil, fmt.Errorf("json: unsupported value: %s", strconv.FormatFloat(f, 'g', -1, 64))
+	}
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	dst = strconv.AppendFloat(dst, f, format, -1, 64)
+	if format == 'e' {
+		// e-09 → e-9, as encoding/json does.
+		n := len(dst)
+		if n >= 4 && dst[n-4] == 'e' && dst[n-3] == '-' && dst[n-2] == '0' {
+			dst[n-2] = dst[n-1]
+			dst = dst[:n-1]
+		}
+	}
+	return dst, nil
+}
+
+// jsonSafe marks the ASCII bytes encoding/json writes as they are.
+var jsonSafe = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return t
+}()
+
+// appendString writes s as a JSON string exactly as encoding/json does:
+// HTML-sensitive <, >, & escaped, invalid UTF-8 replaced, U+2028 and
+// U+2029 escaped.
+func appendString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			if jsonSafe[b] {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch b {
+			case '\\', '"':
+				dst = append(dst, '\\', b)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[b>>4], hex[b&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		c, size := utf8.DecodeRuneInString(s[i:])
+		if c == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if c == '\u2028' || c == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[c&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
