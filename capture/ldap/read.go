@@ -349,45 +349,78 @@ func (rd *reader) parentOf(dn string) (any, error) {
 	return key, nil
 }
 
-// paged runs a paged search and calls fn for every entry, one page in
-// memory at a time. A watchdog closes the connection when one page takes
+// paged runs a paged search and calls fn for every entry. The next page
+// is fetched while fn works through the current one, so at most two pages
+// are in memory. A watchdog closes the connection when one page takes
 // longer than the configured timeout (the stream connection has no
-// per-request timeout, see dial).
+// per-request timeout, see connect).
 func (s *Source) paged(ctx context.Context, c *conn, base string, scope int, filter string, attrs []string,
 	controls []goldap.Control, fn func(*goldap.Entry) error) error {
-	paging := goldap.NewControlPaging(uint32(s.cfg.PageSize))
-	ctls := append(append([]goldap.Control(nil), controls...), paging)
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+	type page struct {
+		res *goldap.SearchResult
+		req *goldap.SearchRequest
+		err error
+	}
+	fetch := func(cookie []byte) chan page {
+		ch := make(chan page, 1)
+		paging := goldap.NewControlPaging(uint32(s.cfg.PageSize))
+		paging.SetCookie(cookie)
+		ctls := append(append([]goldap.Control(nil), controls...), paging)
 		req := goldap.NewSearchRequest(base, scope, goldap.NeverDerefAliases, 0, 0, false, filter, attrs, ctls)
-		wd := time.AfterFunc(s.cfg.Timeout, func() { c.Conn.Close() })
-		res, err := c.Search(req)
-		wd.Stop()
-		if err != nil {
+		go func() {
+			wd := time.AfterFunc(s.cfg.Timeout, func() { c.Conn.Close() })
+			res, err := c.Search(req)
+			wd.Stop()
+			ch <- page{res, req, err}
+		}()
+		return ch
+	}
+	pending := fetch(nil)
+	for pending != nil {
+		p := <-pending
+		pending = nil
+		if p.err != nil {
+			return p.err
+		}
+		if err := ctx.Err(); err != nil {
+			s.abandonPaging(c, p.req, p.res)
 			return err
 		}
-		for _, e := range res.Entries {
+		if ctl, ok := goldap.FindControl(p.res.Controls, goldap.ControlTypePaging).(*goldap.ControlPaging); ok && len(ctl.Cookie) > 0 {
+			pending = fetch(ctl.Cookie)
+		}
+		for _, e := range p.res.Entries {
 			if err := fn(e); err != nil {
-				s.abandonPaging(c, req, paging)
+				if pending != nil {
+					last := <-pending
+					s.abandonPaging(c, last.req, last.res)
+				}
 				return err
 			}
 		}
-		ctl := goldap.FindControl(res.Controls, goldap.ControlTypePaging)
-		if ctl == nil {
-			return nil
-		}
-		cookie := ctl.(*goldap.ControlPaging).Cookie
-		if len(cookie) == 0 {
-			return nil
-		}
-		paging.SetCookie(cookie)
 	}
+	return nil
 }
 
-// abandonPaging tells the server to drop a paged search's state.
-func (s *Source) abandonPaging(c *conn, req *goldap.SearchRequest, paging *goldap.ControlPaging) {
-	paging.PagingSize = 0
-	c.Search(req) //nolint:errcheck // best effort
+// abandonPaging tells the server to drop a paged search's state: the
+// same search with the last cookie and page size 0 (RFC 2696).
+func (s *Source) abandonPaging(c *conn, req *goldap.SearchRequest, last *goldap.SearchResult) {
+	if req == nil || last == nil {
+		return
+	}
+	ctl, ok := goldap.FindControl(last.Controls, goldap.ControlTypePaging).(*goldap.ControlPaging)
+	if !ok || len(ctl.Cookie) == 0 {
+		return
+	}
+	p := goldap.NewControlPaging(0)
+	p.SetCookie(ctl.Cookie)
+	abandon := *req
+	abandon.Controls = nil
+	for _, x := range req.Controls {
+		if x.GetControlType() != goldap.ControlTypePaging {
+			abandon.Controls = append(abandon.Controls, x)
+		}
+	}
+	abandon.Controls = append(abandon.Controls, p)
+	go c.Search(&abandon) //nolint:errcheck // best effort; the state also ends with the connection
 }
