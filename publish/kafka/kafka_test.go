@@ -236,7 +236,7 @@ func TestStateTopic(t *testing.T) {
 // topicConfig reads one config of topic from the broker.
 func topicConfig(t *testing.T, k *testenv.Kafka, topic, name string) string {
 	t.Helper()
-	c := &kafkago.Client{Addr: kafkago.TCP(k.Addr), Timeout: 5 * time.Second}
+	c := adminClient(t, k)
 	res, err := c.DescribeConfigs(context.Background(), &kafkago.DescribeConfigsRequest{
 		Resources: []kafkago.DescribeConfigRequestResource{{ResourceType: kafkago.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{name}}},
 	})
@@ -255,7 +255,7 @@ func topicConfig(t *testing.T, k *testenv.Kafka, topic, name string) string {
 
 func partitionCount(t *testing.T, k *testenv.Kafka, topic string) int {
 	t.Helper()
-	c := &kafkago.Client{Addr: kafkago.TCP(k.Addr), Timeout: 5 * time.Second}
+	c := adminClient(t, k)
 	md, err := c.Metadata(context.Background(), &kafkago.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		t.Fatal(err)
@@ -328,7 +328,7 @@ func TestCreateTopicsDisabled(t *testing.T) {
 		t.Fatalf("the receiver's existence check created the topic (%d partitions)", n)
 	}
 
-	c := &kafkago.Client{Addr: kafkago.TCP(k.Addr), Timeout: 5 * time.Second}
+	c := adminClient(t, k)
 	res, err := c.CreateTopics(context.Background(), &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{{Topic: "hr-events", NumPartitions: 2, ReplicationFactor: 1}}})
 	if err != nil || res.Errors["hr-events"] != nil {
 		t.Fatal(err, res.Errors)
@@ -346,7 +346,7 @@ func TestCreateTopicsDisabled(t *testing.T) {
 // is used, with a warning saying how to fix it.
 func TestStateTopicNotCompacted(t *testing.T) {
 	k := testenv.NewKafka(t, testenv.KafkaOptions{})
-	c := &kafkago.Client{Addr: kafkago.TCP(k.Addr), Timeout: 5 * time.Second}
+	c := adminClient(t, k)
 	res, err := c.CreateTopics(context.Background(), &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{
 		{Topic: "connector.hr.employee.state", NumPartitions: 1, ReplicationFactor: 1,
 			ConfigEntries: []kafkago.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "delete"}}},
@@ -378,4 +378,39 @@ func TestCheckCreateRights(t *testing.T) {
 		t.Fatal("Check created a topic")
 	}
 	t.Log(err)
+}
+
+// TestTopicDeleted: a topic deleted while the receiver runs is looked up
+// again and, creation being on, created again; the dispatcher's retries
+// carry delivery over the gap.
+func TestTopicDeleted(t *testing.T) {
+	k := testenv.NewKafka(t, testenv.KafkaOptions{})
+	r := openReceiver(t, nil, testConfig(k.Addr, "create_topics: {partitions: 2}"))
+	events := lifecycle()
+	if err := r.Deliver(context.Background(), events[:6]); err != nil {
+		t.Fatal(err)
+	}
+	c := adminClient(t, k)
+	res, err := c.DeleteTopics(context.Background(), &kafkago.DeleteTopicsRequest{Topics: []string{"connector.hr.employee"}})
+	if err != nil || res.Errors["connector.hr.employee"] != nil {
+		t.Fatal(err, res.Errors)
+	}
+	errs := deliverAll(t, r, events[6:], 3, 30*time.Second)
+	t.Logf("%d failed Deliver calls until the topic was back", errs)
+	if n := partitionCount(t, k, "connector.hr.employee"); n != 2 {
+		t.Fatalf("recreated topic has %d partitions", n)
+	}
+	checkDelivery(t, events[6:], consume(t, k, []string{"connector.hr.employee"}, haveIDs(events[6:], ceID)))
+}
+
+// adminClient is a kafka-go client with a transport of its own: the
+// default transport is shared and caches metadata for seconds.
+func adminClient(t *testing.T, k *testenv.Kafka) *kafkago.Client {
+	ctx, cancel := context.WithCancel(context.Background())
+	tr := &kafkago.Transport{Context: ctx}
+	t.Cleanup(func() {
+		cancel()
+		tr.CloseIdleConnections()
+	})
+	return &kafkago.Client{Addr: kafkago.TCP(k.Addr), Timeout: 5 * time.Second, Transport: tr}
 }

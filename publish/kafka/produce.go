@@ -3,11 +3,13 @@ package kafka
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 )
 
 // stream is the part of a round that goes to one partition.
@@ -22,6 +24,7 @@ type stream struct {
 type outcome struct {
 	failed int
 	err    error
+	gone   string // a topic the cluster no longer knows
 }
 
 // produce sends msgs (in event order) round by round, and returns the
@@ -42,6 +45,11 @@ func (r *Receiver) produce(ctx context.Context, msgs []message) (int, error) {
 		}
 		first := outcome{failed: -1}
 		for _, o := range outs {
+			if o.gone != "" {
+				// Deleted under us: look it up (and create it) afresh
+				// on the next Deliver.
+				delete(r.topics, o.gone)
+			}
 			switch {
 			case o.failed < 0:
 			case first.failed < 0 || o.failed < first.failed:
@@ -121,7 +129,11 @@ func (r *Receiver) sendChunk(ctx context.Context, topic string, partition int, m
 		r.refusedMu.Unlock()
 		return outcome{failed: msgs[0].event, err: &rejection{r.produceError(err, topic, partition)}}
 	}
-	return outcome{failed: msgs[0].event, err: r.produceError(err, topic, partition)}
+	o := outcome{failed: msgs[0].event, err: r.produceError(err, topic, partition)}
+	if errors.Is(err, kafkago.UnknownTopicOrPartition) || errors.Is(err, protocol.ErrNoTopic) {
+		o.gone = topic
+	}
+	return o
 }
 
 // produceRequest sends one produce request and waits for acks=all.

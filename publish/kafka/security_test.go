@@ -27,6 +27,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/os2sandbox/connector/configs"
+	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
 	"github.com/os2sandbox/connector/testenv"
 )
@@ -316,4 +317,61 @@ func TestTLSConfigFiles(t *testing.T) {
 	if !configs.IsConfigError(err) {
 		t.Errorf("half a client certificate: %T %v, want a config error", err, err)
 	}
+}
+
+// TestACL: with kfake's ACLs, a principal may write the employee topics
+// but not the secret ones. The refused topic's events are rejected with
+// the fix (dead-lettered by the dispatcher), the others delivered.
+func TestACL(t *testing.T) {
+	allow := func(name string, op kmsg.ACLOperation) kfake.ACL {
+		return kfake.ACL{Resource: kmsg.ACLResourceTypeTopic, Name: name, Pattern: kmsg.ACLResourcePatternTypePrefixed, Operation: op, Allow: true}
+	}
+	k := testenv.NewKafka(t, testenv.KafkaOptions{Extra: []kfake.Opt{
+		kfake.EnableSASL(), kfake.EnableACLs(),
+		kfake.Superuser("SCRAM-SHA-256", "admin", "admin-pw"),
+		kfake.User("SCRAM-SHA-256", "writer", "writer-pw",
+			allow("connector.hr.employee", kmsg.ACLOperationWrite),
+			allow("connector.hr.employee", kmsg.ACLOperationDescribe),
+			allow("connector.hr.employee", kmsg.ACLOperationCreate)),
+	}})
+	r := openReceiver(t, nil, testConfig(k.Addr, "sasl: {mechanism: scram-sha-256, username: writer, password: writer-pw}"))
+	var events []history.Event
+	for i := range 12 {
+		typ := "Employee"
+		if i%3 == 1 {
+			typ = "Secret"
+		}
+		events = append(events, ev(uint64(i+1), "hr", typ, "x"+itoa(i%4), history.OpCreate, 1))
+	}
+	var rejected []int
+	for next := 0; next < len(events); {
+		err := r.Deliver(context.Background(), events[next:])
+		if err == nil {
+			break
+		}
+		var re *publish.RejectedError
+		if !errors.As(err, &re) {
+			t.Fatalf("Deliver = %v, want only rejections", err)
+		}
+		if !errors.Is(err, kafkago.TopicAuthorizationFailed) || !strings.Contains(err.Error(), "connector.hr.secret") || !strings.Contains(err.Error(), "kafka-acls.sh") {
+			t.Errorf("rejection lacks the cause, topic or fix: %v", err)
+		}
+		rejected = append(rejected, next+re.Index)
+		next += re.Index + 1
+	}
+	var employees []history.Event
+	var want []int
+	for i, e := range events {
+		if e.Object.Type == "Secret" {
+			want = append(want, i)
+		} else {
+			employees = append(employees, e)
+		}
+	}
+	if itoaSlice(rejected) != itoaSlice(want) {
+		t.Fatalf("rejected %v, want %v", rejected, want)
+	}
+	m, _ := scram.Mechanism(scram.SHA256, "admin", "admin-pw")
+	dialer := &kafkago.Dialer{Timeout: 5 * time.Second, SASLMechanism: m}
+	checkDelivery(t, employees, consumeWith(t, k, dialer, []string{"connector.hr.employee"}, haveIDs(employees, ceID)))
 }

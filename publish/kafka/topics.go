@@ -192,8 +192,11 @@ func (r *Receiver) createTopic(ctx context.Context, topic string, state bool) er
 	case errors.Is(err, kafkago.TopicAlreadyExists):
 		return nil
 	case errors.Is(err, kafkago.TopicAuthorizationFailed), errors.Is(err, kafkago.ClusterAuthorizationFailed):
-		return fmt.Errorf("kafka receiver %q: not allowed to create topic %q: %v; grant the client's principal CREATE, or create the topic yourself (%s) and set create_topics.enabled: false",
-			r.name, topic, err, r.createCommand(topic, state))
+		// Refused for good, like a write to a topic the principal may not
+		// write: reject the event rather than stall every other topic.
+		return &rejection{&wrapped{err: err, msg: fmt.Sprintf(
+			"kafka receiver %q: not allowed to create topic %q: %v; grant the client's principal CREATE, WRITE and DESCRIBE on it (kafka-acls.sh --add --allow-principal User:NAME --operation Create --operation Write --operation Describe --topic %s), or create the topic yourself (%s)",
+			r.name, topic, err, topic, r.createCommand(topic, state))}}
 	case errors.Is(err, kafkago.InvalidTopic):
 		return &rejection{fmt.Errorf("kafka receiver %q: topic name %q is not valid: %w; change the topic template", r.name, topic, err)}
 	}
