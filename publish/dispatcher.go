@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -268,10 +269,12 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, once bool) error {
 			return ctx.Err()
 		}
 		// Move over what was confirmed; dead-letter a refused event.
-		n := Confirmed(derr)
+		// Clamped: an adapter that claims more than it was given must
+		// not crash the agent.
+		n := min(max(Confirmed(derr), 0), len(batch.events))
 		var dead *history.Event
 		var rej *RejectedError
-		if errors.As(derr, &rej) && rej.Index < len(batch.events) {
+		if errors.As(derr, &rej) && rej.Index >= 0 && rej.Index < len(batch.events) {
 			dead = &batch.events[rej.Index]
 		}
 		if n > 0 || dead != nil {
@@ -356,6 +359,14 @@ func (d *Dispatcher) prepare(cfg Config, ev history.Event, cur Cursor) (history.
 	}
 	if ev.Sequence <= cur.ReplayUntil {
 		ev.Emission = history.EmissionReplay
+	}
+	if len(d.outs) > 1 {
+		// The decoded event is shared through the cache: give each
+		// receiver its own top-level maps and slices, so an adapter that
+		// changes what it is given cannot change another receiver's events.
+		ev.Before, ev.After = maps.Clone(ev.Before), maps.Clone(ev.After)
+		ev.Changed = slices.Clone(ev.Changed)
+		ev.Object.Keys = maps.Clone(ev.Object.Keys)
 	}
 	return Redact(d.redact, cfg.Classification, ev)
 }
