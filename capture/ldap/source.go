@@ -11,12 +11,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	goldap "github.com/go-ldap/ldap/v3"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/configs"
 )
 
 func init() {
@@ -53,6 +56,13 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	}
 	if cfg.Name == "" {
 		cfg.Name = "ldap"
+	}
+	for _, want := range opts.Records {
+		if !slices.Contains(cfg.recordNames(), want) {
+			return nil, configs.Errorf("config", node, "define it under records, or fix the mapping's record name",
+				"ldap source %q: a mapping selects record %q, which the source does not define (records: %s)",
+				cfg.Name, want, strings.Join(cfg.recordNames(), ", "))
+		}
 	}
 	log := opts.Log
 	if log == nil {

@@ -10,6 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/os2sandbox/connector/capture"
 	"github.com/os2sandbox/connector/configs"
 )
 
@@ -311,5 +312,23 @@ records:
 				t.Fatalf("not a config error: %T", err)
 			}
 		})
+	}
+}
+
+func TestNewChecksMappedRecords(t *testing.T) {
+	var doc yaml.Node
+	yaml.Unmarshal([]byte(`
+flavor: ldap
+url: ldap://127.0.0.1:1
+base_dn: dc=example,dc=org
+records:
+  people: {filter: "(objectClass=person)"}
+`), &doc)
+	if _, err := New(doc.Content[0], capture.Options{Name: "d", Records: []string{"people"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(doc.Content[0], capture.Options{Name: "d", Records: []string{"users"}})
+	if err == nil || !strings.Contains(err.Error(), `selects record "users"`) || !configs.IsConfigError(err) {
+		t.Fatalf("err = %v", err)
 	}
 }
