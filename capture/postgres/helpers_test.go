@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -160,7 +161,7 @@ type memSink struct {
 	seen    map[string]int // ChangeKey → deliveries
 	calls   int
 	failAt  int
-	delay   time.Duration
+	delay   atomic.Int64 // nanoseconds per Apply
 	// onApply runs before a batch is made durable; an error fails Apply.
 	onApply  func(capture.Batch) error
 	problems []string
@@ -180,8 +181,8 @@ func (s *memSink) keyOf(record string, row map[string]any) string {
 }
 
 func (s *memSink) Apply(ctx context.Context, b capture.Batch) error {
-	if s.delay > 0 {
-		time.Sleep(s.delay)
+	if d := time.Duration(s.delay.Load()); d > 0 {
+		time.Sleep(d)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -257,6 +257,7 @@ func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base
 	done, err := s.readSnapshot(req.ctx, req.sink, exp, run)
 	req.done <- err
 	if err != nil {
+		s.log.Warn("on-demand snapshot failed; streaming goes on", "source", s.name, "error", err)
 		// The run's batches went to the requester's sink; the stream's
 		// checkpoint is unaffected.
 		return caught, nil, errPause

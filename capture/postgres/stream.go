@@ -38,6 +38,11 @@ type streamer struct {
 	out  chan queued
 	reqs <-chan snapRequest
 	req  *snapRequest
+	sink capture.Sink
+	// runCtx is Run's context (read's ends with the session).
+	runCtx context.Context
+	// selfReconcile asks for a reconcile at the next transaction boundary.
+	selfReconcile bool
 
 	// read's state
 	cp            checkpoint // as of the last queued batch
@@ -119,7 +124,7 @@ func (s *Source) stream(ctx context.Context, meta *pgx.Conn, srv *server, cp che
 		return cp, nil, s.slotError("start replication from slot "+s.cfg.Slot+" at "+cp.LSN, err)
 	}
 	s.log.Info("streaming", "source", s.name, "slot", s.cfg.Slot, "from", cp.LSN)
-	st := &streamer{s: s, repl: repl, meta: meta, srv: srv, cp: cp, durableCP: cp, stopAt: stopAt, reqs: reqs,
+	st := &streamer{s: s, repl: repl, meta: meta, srv: srv, cp: cp, durableCP: cp, stopAt: stopAt, reqs: reqs, sink: sink, runCtx: ctx,
 		out: make(chan queued, 4), rels: map[uint32]*relation{}, fenceEnd: maxFence(cp.Fences)}
 	st.durable.Store(uint64(cp.lsn()))
 	st.progress.Store(time.Now().UnixNano())
@@ -209,6 +214,10 @@ func (st *streamer) read(ctx context.Context) error {
 		}
 		now := time.Now()
 		if st.tx == nil {
+			if st.req == nil && st.selfReconcile {
+				st.req = &snapRequest{ctx: st.runCtx, sink: st.sink, done: make(chan error, 1)}
+				st.selfReconcile = false
+			}
 			if st.req == nil && st.reqs != nil {
 				select {
 				case r := <-st.reqs:
@@ -424,6 +433,16 @@ func (st *streamer) handle(ctx context.Context, xld pglogrepl.XLogData) error {
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			if err := st.change(ctx, id, func(rel *relation) (*capture.Change, error) {
+				switch st.truncateFence(rel.table) {
+				case fenceAll:
+					return nil, nil // the snapshot read the table after it
+				case fencePart:
+					// Rows after the fence key were read after the
+					// truncate and would be lost with it: reconcile once
+					// the stream is past this transaction.
+					st.s.log.Warn("TRUNCATE inside a resumed snapshot's window; a reconcile snapshot follows", "source", st.s.name, "table", rel.table)
+					st.selfReconcile = true
+				}
 				return &capture.Change{Record: rel.table, Op: capture.OpTruncate, Reason: "truncated"}, nil
 			}); err != nil {
 				return err
@@ -626,6 +645,45 @@ func (st *streamer) fence(ctx context.Context, rel *relation, c *capture.Change,
 		c.Op, c.OldKey = capture.OpInsert, nil
 	}
 	return c, nil
+}
+
+type fenceCover int
+
+const (
+	fenceNone fenceCover = iota
+	fencePart
+	fenceAll
+)
+
+// truncateFence says how much of table a snapshot read after the current
+// transaction committed.
+func (st *streamer) truncateFence(table string) fenceCover {
+	if len(st.cp.Fences) == 0 || st.tx.commit >= st.fenceEnd {
+		return fenceNone
+	}
+	var fs []fence
+	for _, f := range st.cp.Fences {
+		if f.Table == table {
+			fs = append(fs, f)
+		}
+	}
+	if len(fs) == 0 {
+		return fenceNone
+	}
+	all := fs[0].After == nil
+	any := false
+	for _, f := range fs {
+		later := mustLSN(f.LSN) > st.tx.commit
+		all = all && later
+		any = any || later
+	}
+	switch {
+	case all:
+		return fenceAll
+	case any:
+		return fencePart
+	}
+	return fenceNone
 }
 
 // fenceLSN returns the LSN of the snapshot segment that read key in table

@@ -331,3 +331,54 @@ func TestOnce(t *testing.T) {
 		t.Fatal("Once did not return before the deadline")
 	}
 }
+
+// On a database whose captured tables are idle while others are busy, the
+// heartbeat moves the slot's confirmed position (so WAL is not retained).
+func TestHeartbeatAdvancesIdleSlot(t *testing.T) {
+	e := newEnv(t, "CREATE TABLE hb (id int PRIMARY KEY)", "CREATE TABLE busy (id int)")
+	src, _ := e.source("tables: [public.hb]", "heartbeat_interval: 300ms")
+	sink := newSink(map[string][]string{"public.hb": {"id"}})
+	start(t, src, sink, nil)
+	waitFor(t, 20*time.Second, "snapshot", func() bool { return sink.checkpoint() != nil })
+	e.exec("INSERT INTO busy SELECT generate_series(1, 10000)")
+	var target string
+	if err := e.conn.QueryRow(context.Background(), "SELECT pg_current_wal_insert_lsn()::text").Scan(&target); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "confirmed_flush_lsn past "+target, func() bool {
+		c, _, _ := e.slot(src.cfg.Slot)
+		return mustLSN(c) >= mustLSN(target)
+	})
+	if len(sink.streamed()) != 0 {
+		t.Fatalf("heartbeats delivered changes: %+v", sink.streamed())
+	}
+}
+
+// A slow sink fills the queue; the source still answers the server in time
+// (wal_sender_timeout 3s here) and loses nothing.
+func TestSlowSinkKeepsConnection(t *testing.T) {
+	e := newEnv(t, "CREATE TABLE slow (id int PRIMARY KEY)")
+	src, log := e.source("dsn: "+e.dsn("postgres")+"&options=-c%20wal_sender_timeout%3D3s", "tables: [public.slow]", "batch_size: 10")
+	sink := newSink(map[string][]string{"public.slow": {"id"}})
+	start(t, src, sink, nil)
+	waitFor(t, 20*time.Second, "snapshot", func() bool { return sink.checkpoint() != nil })
+	// One Apply takes longer than wal_sender_timeout while the queue is
+	// full: the reader is blocked handing over the next batch.
+	withRows := 0
+	sink.mu.Lock()
+	sink.onApply = func(b capture.Batch) error {
+		if len(b.Changes) > 0 {
+			if withRows++; withRows == 3 {
+				time.Sleep(5 * time.Second)
+			}
+		}
+		return nil
+	}
+	sink.mu.Unlock()
+	e.exec("INSERT INTO slow SELECT generate_series(1, 200)")
+	waitFor(t, 30*time.Second, "200 rows", func() bool { return len(sink.snapshotOf("public.slow")) == 200 })
+	if log.has("reconnecting") {
+		t.Fatal("the server dropped the slow consumer")
+	}
+	sink.noProblems(t)
+}
