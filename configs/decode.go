@@ -83,6 +83,9 @@ func DecodeTypes(file string, node *yaml.Node, v any) error {
 			if _, err := fmt.Sscanf(msg, "line %d:", &line); err == nil {
 				msg = strings.TrimSpace(msg[strings.Index(msg, ":")+1:])
 			}
+			if strings.Contains(msg, "already defined") {
+				return &Error{File: file, Line: line, Msg: msg, Hint: "remove one of the two"}
+			}
 			return &Error{File: file, Line: line, Msg: "wrong type: " + msg,
 				Hint: "see the configuration reference in README.md"}
 		}

@@ -27,6 +27,8 @@ type Receiver interface {
 	// *PartialError says how many leading events were confirmed, a
 	// *RejectedError names an event the destination refuses for good.
 	// Redelivery after an error resends the same events with the same ids.
+	// Deliver must not modify the events: they may be shared with other
+	// receivers.
 	Deliver(ctx context.Context, events []history.Event) error
 	// Close releases connections; buffered events must already be confirmed.
 	Close() error
