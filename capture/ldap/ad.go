@@ -113,7 +113,7 @@ func (s *Source) pollDirSync(ctx context.Context, ss *session, cp *checkpoint, s
 		var chunk []touched
 		var ctl *goldap.ControlDirSync
 		var perr error
-		for resp.Next() {
+		for s.next(ss.stream, resp) {
 			if e := resp.Entry(); e != nil {
 				chunk = append(chunk, touchedFromDirSync(e))
 				if len(chunk) >= chunkSize {

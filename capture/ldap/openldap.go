@@ -129,7 +129,7 @@ func (s *Source) pollSyncrepl(ctx context.Context, ss *session, cp *checkpoint, 
 		var deleted []string
 		var perr error
 		newCookie := cookie
-		for resp.Next() {
+		for s.next(ss.stream, resp) {
 			ctls := resp.Controls()
 			if c := syncCookie(ctls); c != nil {
 				newCookie = c

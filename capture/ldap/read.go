@@ -424,3 +424,12 @@ func (s *Source) abandonPaging(c *conn, req *goldap.SearchRequest, last *goldap.
 	abandon.Controls = append(abandon.Controls, p)
 	go c.Search(&abandon) //nolint:errcheck // best effort; the state also ends with the connection
 }
+
+// next waits for the next response of an asynchronous search with a
+// watchdog armed: a server silent for longer than the timeout is treated
+// as gone. (Only the wait is timed, not the caller's work between calls.)
+func (s *Source) next(c *conn, resp goldap.Response) bool {
+	wd := time.AfterFunc(s.cfg.Timeout, func() { c.Conn.Close() })
+	defer wd.Stop()
+	return resp.Next()
+}
