@@ -112,10 +112,12 @@ type settings struct {
 	partitions    int
 }
 
-// decodeConfig decodes and validates the receiver's node. Errors are
-// *configs.Error naming the line.
-func decodeConfig(node *yaml.Node, name string) (*settings, error) {
-	file := fmt.Sprintf("receiver %q", name)
+// decodeConfig decodes and validates the receiver's node from file.
+// Errors are *configs.Error naming the line.
+func decodeConfig(node *yaml.Node, file, name string) (*settings, error) {
+	if file == "" {
+		file = fmt.Sprintf("receiver %q", name) // keeps the line in messages
+	}
 	var cfg Config
 	if err := configs.Decode(file, node, &cfg, publish.CommonKeys...); err != nil {
 		return nil, err

@@ -21,7 +21,7 @@ classification: internal
 batch: {size: 500}
 retry: {max: 1m}
 brokers: [kafka-1:9092, kafka-2:9092]
-`), "events")
+`), "connector.yaml", "events")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestConfigErrors(t *testing.T) {
 		name, yaml string
 		want       []string // substrings of the message
 	}{
-		{"no brokers", "topic: x", []string{`receiver "events":1:`, "needs brokers"}},
+		{"no brokers", "topic: x", []string{`connector.yaml:1:`, "needs brokers"}},
 		{"broker without port", "brokers: [kafka-1]", []string{":1:", `"kafka-1" has no port`}},
 		{"misspelt key", "brokers: [k:9092]\ntopci: x", []string{":2:", `unknown key "topci"`, `did you mean "topic"?`}},
 		{"nested misspelt key", "brokers: [k:9092]\ncreate_topics: {partitons: 3}", []string{":2:", `unknown key "partitons"`}},
@@ -76,7 +76,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := decodeConfig(yamlNode(t, tt.yaml), "events")
+			_, err := decodeConfig(yamlNode(t, tt.yaml), "connector.yaml", "events")
 			if err == nil {
 				t.Fatal("no error")
 			}

@@ -91,7 +91,7 @@ var (
 // New builds a kafka receiver from its configuration node. It does not
 // connect; the first Deliver or Check does.
 func New(node *yaml.Node, opts publish.Options) (publish.Receiver, error) {
-	s, err := decodeConfig(node, opts.Name)
+	s, err := decodeConfig(node, opts.File, opts.Name)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -14,12 +15,14 @@ import (
 // The canonical event is rendered for every record a receiver sends, and
 // encoding/json spends most of its time on reflection and on sorting map
 // keys through reflect.Values. AppendEvent writes the same bytes as
-// json.Marshal (the tests compare them on random events) several times
-// faster: the event's structure is written out by hand and the JSON types
-// images hold take a direct path. Other value types fall back to
-// encoding/json.
+// encoding/json without HTML escaping, the project's canonical JSON (the
+// file receiver's, and that of the integrity hashes; the tests compare
+// them on random events), several times faster: the event's structure is
+// written out by hand and the JSON types images hold take a direct path.
+// Other value types fall back to encoding/json.
 
-// AppendEvent appends e as JSON, byte for byte what json.Marshal(e) writes.
+// AppendEvent appends e as canonical JSON: byte for byte what a
+// json.Encoder with SetEscapeHTML(false) writes, without the newline.
 func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 	var err error
 	dst = append(dst, `{"schemaVersion":`...)
@@ -164,7 +167,7 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 	return append(dst, `}}`...), nil
 }
 
-// AppendValue appends v as JSON, byte for byte what json.Marshal(v) writes.
+// AppendValue appends v as canonical JSON, as AppendEvent does.
 func AppendValue(dst []byte, v any) ([]byte, error) {
 	switch v := v.(type) {
 	case nil:
@@ -199,11 +202,13 @@ func AppendValue(dst []byte, v any) ([]byte, error) {
 	case []string:
 		return appendStrings(dst, v), nil
 	}
-	b, err := json.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		return nil, err
 	}
-	return append(dst, b...), nil
+	return append(dst, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...), nil
 }
 
 func appendObject(dst []byte, m map[string]any) ([]byte, error) {
@@ -331,17 +336,18 @@ func appendFloat(dst []byte, f float64) ([]byte, error) {
 	return dst, nil
 }
 
-// jsonSafe marks the ASCII bytes encoding/json writes as they are.
+// jsonSafe marks the ASCII bytes encoding/json writes as they are (HTML
+// escaping off).
 var jsonSafe = func() (t [utf8.RuneSelf]bool) {
 	for b := 0x20; b < utf8.RuneSelf; b++ {
-		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+		t[b] = b != '"' && b != '\\'
 	}
 	return t
 }()
 
-// appendString writes s as a JSON string exactly as encoding/json does:
-// HTML-sensitive <, >, & escaped, invalid UTF-8 replaced, U+2028 and
-// U+2029 escaped.
+// appendString writes s as a JSON string exactly as encoding/json does
+// with HTML escaping off: invalid UTF-8 replaced, U+2028 and U+2029
+// escaped.
 func appendString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
