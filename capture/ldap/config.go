@@ -13,6 +13,7 @@ import (
 	goldap "github.com/go-ldap/ldap/v3"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/os2sandbox/connector/capture"
 	"github.com/os2sandbox/connector/configs"
 )
 
@@ -124,7 +125,9 @@ type record struct {
 
 func decodeConfig(file string, node *yaml.Node) (*config, error) {
 	var c Config
-	if err := configs.Decode(file, node, &c, "type", "deletion_guard"); err != nil {
+	// The engine's keys (name, type, deletion_guard, batch_size) are not
+	// errors; name and batch_size are read here too.
+	if err := configs.Decode(file, node, &c, capture.CommonKeys...); err != nil {
 		return nil, err
 	}
 	return c.validate(file, node)
