@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,7 @@ type streamer struct {
 	lastStatus    time.Time
 	lastQueued    time.Time
 	lastHeartbeat time.Time
+	deadline      time.Time // the socket's read deadline
 	stopAt        pglogrepl.LSN
 	fenceEnd      pglogrepl.LSN
 	tick          *time.Ticker
@@ -77,6 +79,7 @@ type txState struct {
 	commit    pglogrepl.LSN
 	commitStr string
 	xid       uint32
+	xidStr    string
 	at        time.Time
 	idx       int // index of the next change in the transaction
 	skipBelow int // changes already durable (resumed transaction)
@@ -254,9 +257,14 @@ func (st *streamer) read(ctx context.Context) error {
 		if flush != st.sentFlush {
 			deadline = now.Add(100 * time.Millisecond)
 		}
-		dctx, cancel := context.WithDeadline(ctx, deadline)
-		msg, err := st.repl.ReceiveMessage(dctx)
-		cancel()
+		// A read deadline on the socket rather than a context per message:
+		// pgconn watches a cancellable context with a goroutine each time.
+		// Run's cancellation is seen within a second.
+		if deadline.Sub(st.deadline) > 10*time.Millisecond || deadline.Before(st.deadline) {
+			st.repl.Conn().SetReadDeadline(deadline)
+			st.deadline = deadline
+		}
+		msg, err := st.repl.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -378,7 +386,7 @@ func (st *streamer) handle(ctx context.Context, xld pglogrepl.XLogData) error {
 			}
 			return errStop
 		}
-		st.tx = &txState{commit: m.FinalLSN, commitStr: m.FinalLSN.String(), xid: m.Xid, at: m.CommitTime.UTC()}
+		st.tx = &txState{commit: m.FinalLSN, commitStr: m.FinalLSN.String(), xid: m.Xid, xidStr: strconv.FormatUint(uint64(m.Xid), 10), at: m.CommitTime.UTC()}
 		if st.cp.Tx != nil && mustLSN(st.cp.Tx.Commit) == m.FinalLSN {
 			st.tx.skipBelow = st.cp.Tx.Next
 		}
@@ -488,8 +496,8 @@ func (st *streamer) change(ctx context.Context, relID uint32, build func(*relati
 		return err
 	}
 	c.ChangedAt = tx.at
-	c.ChangeKey = fmt.Sprintf("%s:%d", tx.commitStr, idx)
-	c.Position = fmt.Sprintf("%s:%d xid %d", tx.commitStr, idx, tx.xid)
+	c.ChangeKey = tx.commitStr + ":" + strconv.Itoa(idx)
+	c.Position = c.ChangeKey + " xid " + tx.xidStr
 	st.batch = append(st.batch, *c)
 	if len(st.batch) >= st.s.cfg.BatchSize {
 		// A large transaction goes in several batches; the checkpoint

@@ -1,0 +1,366 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/os2sandbox/connector/capture"
+)
+
+// Benchmarks run with -benchtime 1x (make bench): each does its workload
+// once and reports figures. PG_BENCH_ROWS sets the insert count (default
+// 1,000,000; updates are a fifth of it, deletes a twentieth).
+
+func benchRows() int {
+	if v, err := strconv.Atoi(os.Getenv("PG_BENCH_ROWS")); err == nil && v > 0 {
+		return v
+	}
+	return 1_000_000
+}
+
+// walFixture is one WAL of inserts, updates and deletes (transactions of
+// 1,000 rows) that two slots created before it can each replay.
+type walFixture struct {
+	e        *env
+	slots    map[string]pglogrepl.LSN // slot → its consistent point
+	end      pglogrepl.LSN
+	events   int
+	prepared time.Duration
+}
+
+var (
+	fixtureOnce sync.Once
+	fixture     *walFixture
+)
+
+func getFixture(b *testing.B) *walFixture {
+	fixtureOnce.Do(func() {
+		n := benchRows()
+		e := newEnv(nopTB{b}, `CREATE TABLE w (id int PRIMARY KEY, name text, email text, dept int, salary numeric(12,2), updated timestamptz)`)
+		f := &walFixture{e: e, slots: map[string]pglogrepl.LSN{}}
+		ctx := context.Background()
+		e.exec("CREATE PUBLICATION wpub FOR TABLE w")
+		var slots []string
+		for i := 1; i <= rounds; i++ {
+			slots = append(slots, fmt.Sprintf("bench_decode_%d", i), fmt.Sprintf("bench_source_%d", i))
+		}
+		for _, slot := range slots {
+			var lsn string
+			if err := e.conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", slot).Scan(&lsn); err != nil {
+				b.Fatal(err)
+			}
+			f.slots[slot] = mustLSN(lsn)
+		}
+		start := time.Now()
+		const tx = 1000
+		for i := 0; i < n; i += tx {
+			e.exec(fmt.Sprintf(`INSERT INTO w SELECT i, 'name ' || i, 'user' || i || '@example.org', i %% 50, i * 1.25, now()
+				FROM generate_series(%d, %d) i`, i, min(i+tx, n)-1))
+		}
+		for i := 0; i < n/5; i += tx {
+			e.exec(fmt.Sprintf("UPDATE w SET salary = salary + 1, updated = now() WHERE id BETWEEN %d AND %d", i, min(i+tx, n/5)-1))
+		}
+		for i := n - n/20; i < n; i += tx {
+			e.exec(fmt.Sprintf("DELETE FROM w WHERE id BETWEEN %d AND %d", i, min(i+tx, n)-1))
+		}
+		// An end marker: consumers stop at it instead of waiting for a
+		// keepalive.
+		var end string
+		if err := e.conn.QueryRow(ctx, "SELECT pg_logical_emit_message(false, 'bench', 'end')::text").Scan(&end); err != nil {
+			b.Fatal(err)
+		}
+		f.end, f.events, f.prepared = mustLSN(end), n+n/5+n/20, time.Since(start)
+		fixture = f
+	})
+	if fixture == nil {
+		b.Fatal("fixture failed")
+	}
+	fixture.e.t = nopTB{b}
+	return fixture
+}
+
+// nopTB lets the fixture outlive the benchmark that created it (its
+// cleanups run at the end of the process instead).
+type nopTB struct{ testing.TB }
+
+func (nopTB) Cleanup(func()) {}
+
+// decodeOnly replays the slot with pglogrepl and nothing else: parse every
+// pgoutput message, acknowledge what was received. The raw baseline.
+func decodeOnly(b *testing.B, f *walFixture, slot string) (events int, took time.Duration) {
+	ctx := context.Background()
+	cfg, err := pgconn.ParseConfig(f.e.dsn("postgres") + "&replication=database")
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	start := time.Now()
+	if err := pglogrepl.StartReplication(ctx, conn, slot, f.slots[slot], pglogrepl.StartReplicationOptions{
+		Mode: pglogrepl.LogicalReplication, PluginArgs: []string{"proto_version '2'", "publication_names 'wpub'", "messages 'true'"}}); err != nil {
+		b.Fatal(err)
+	}
+	var received pglogrepl.LSN
+	lastAck := time.Now()
+	inTx := false
+	for {
+		if time.Since(lastAck) > time.Second {
+			pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: received,
+				WALFlushPosition: received, WALApplyPosition: received, ReplyRequested: true})
+			lastAck = time.Now()
+		}
+		conn.Conn().SetReadDeadline(time.Now().Add(time.Second))
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			if pgconn.Timeout(err) {
+				continue
+			}
+			b.Fatal(err)
+		}
+		cd, ok := msg.(*pgproto3.CopyData)
+		if !ok {
+			b.Fatalf("unexpected %T", msg)
+		}
+		switch cd.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			pkm, _ := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:])
+			if !inTx && pkm.ServerWALEnd >= f.end {
+				return events, time.Since(start)
+			}
+			if pkm.ReplyRequested {
+				lastAck = time.Time{}
+			}
+		case pglogrepl.XLogDataByteID:
+			xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
+			if err != nil {
+				b.Fatal(err)
+			}
+			received = xld.WALStart + pglogrepl.LSN(len(xld.WALData))
+			m, err := pglogrepl.Parse(xld.WALData)
+			if err != nil {
+				b.Fatal(err)
+			}
+			switch m := m.(type) {
+			case *pglogrepl.BeginMessage:
+				if m.FinalLSN >= f.end {
+					return events, time.Since(start)
+				}
+				inTx = true
+			case *pglogrepl.CommitMessage:
+				inTx = false
+			case *pglogrepl.LogicalDecodingMessage:
+				if m.LSN >= f.end {
+					return events, time.Since(start)
+				}
+			case *pglogrepl.InsertMessage, *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage:
+				events++
+				if os.Getenv("PGBENCH_TRACE") != "" && events%25000 == 1 {
+					fmt.Fprintln(os.Stderr, "event", events, time.Since(start))
+				}
+			}
+		}
+	}
+}
+
+// rounds alternates decode-only and source runs on their own slots of the
+// same WAL: the machine's load changes between runs, so each consumer's
+// best round is compared.
+const rounds = 3
+
+type consumerResult struct {
+	rate   float64 // events per wall-clock second
+	cpuUS  float64 // process CPU (user+system) µs per event
+	events int
+}
+
+var measured struct {
+	once                sync.Once
+	decode, source      consumerResult
+	peakHeapMiB, rssMiB float64
+}
+
+func measure(b *testing.B, f *walFixture) {
+	measured.once.Do(func() {
+		for i := 1; i <= rounds; i++ {
+			cpu := cpuTime()
+			n, took := decodeOnly(b, f, fmt.Sprintf("bench_decode_%d", i))
+			if n != f.events {
+				b.Fatalf("decode-only saw %d events, want %d", n, f.events)
+			}
+			r := consumerResult{rate: float64(n) / took.Seconds(), cpuUS: float64((cpuTime() - cpu).Microseconds()) / float64(n), events: n}
+			if r.rate > measured.decode.rate {
+				measured.decode = r
+			}
+			cpu = cpuTime()
+			peak := heapSampler(b)
+			n, took = sourceRun(b, f, fmt.Sprintf("bench_source_%d", i))
+			r = consumerResult{rate: float64(n) / took.Seconds(), cpuUS: float64((cpuTime() - cpu).Microseconds()) / float64(n), events: n}
+			measured.peakHeapMiB = max(measured.peakHeapMiB, float64(peak())/(1<<20))
+			if r.rate > measured.source.rate {
+				measured.source = r
+			}
+		}
+		measured.rssMiB = vmHWM()
+	})
+}
+
+// BenchmarkDecodeOnly: the raw pglogrepl consumer on the fixture WAL.
+func BenchmarkDecodeOnly(b *testing.B) {
+	f := getFixture(b)
+	for range b.N {
+		measure(b, f)
+	}
+	b.ReportMetric(measured.decode.rate, "events/s")
+	b.ReportMetric(measured.decode.cpuUS, "cpu-µs/event")
+	b.ReportMetric(float64(f.events), "events")
+}
+
+// BenchmarkSourceToDiscardSink: the source (values decoded to JSON-friendly
+// Go values, batches, checkpoints, acknowledgement) on the same WAL into a
+// sink that only counts; ratio = its rate / the decode-only rate.
+func BenchmarkSourceToDiscardSink(b *testing.B) {
+	f := getFixture(b)
+	for range b.N {
+		measure(b, f)
+	}
+	b.ReportMetric(measured.source.rate, "events/s")
+	b.ReportMetric(measured.source.cpuUS, "cpu-µs/event")
+	b.ReportMetric(measured.source.rate/measured.decode.rate, "ratio")
+	b.ReportMetric(measured.peakHeapMiB, "peak-heap-MiB")
+	b.ReportMetric(measured.rssMiB, "peak-RSS-MiB")
+}
+
+// sourceRun replays the slot through the source with Once into a counting
+// sink.
+func sourceRun(b *testing.B, f *walFixture, slot string) (int, time.Duration) {
+	ctx := context.Background()
+	var sys, db string
+	if err := f.e.conn.QueryRow(ctx, "SELECT system_identifier::text, current_database() FROM pg_control_system()").Scan(&sys, &db); err != nil {
+		b.Fatal(err)
+	}
+	src, _ := f.e.source("tables: [public.w]", "publication: wpub", "slot: "+slot, "create_publication: false", "create_slot: false")
+	src.opts.Once = true
+	// A checkpoint at the slot's start, so the source replays the whole
+	// WAL instead of taking a snapshot.
+	c, err := src.connectReplication(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ident, err := pglogrepl.IdentifySystem(ctx, c)
+	c.Close(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cp := checkpoint{SystemID: sys, Database: db, Slot: slot, Timeline: ident.Timeline, LSN: f.slots[slot].String(), Captured: []string{"public.w"}}
+	sink := &countSink{}
+	start := time.Now()
+	if err := src.Run(ctx, cp.encode(), sink); err != nil {
+		b.Fatal(err)
+	}
+	took := time.Since(start)
+	if got := sink.changes.Load(); got != int64(f.events) {
+		b.Fatalf("source delivered %d events, want %d", got, f.events)
+	}
+	return f.events, took
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkLargeTransaction1M: one transaction of 1,000,000 inserts
+// through the source in bounded memory.
+func BenchmarkLargeTransaction1M(b *testing.B) {
+	for range b.N {
+		e := newEnv(b, "CREATE TABLE lt (id int PRIMARY KEY, a text, b text, c numeric, d timestamptz)")
+		src, _ := e.source("tables: [public.lt]")
+		sink := &countSink{}
+		r := start(b, src, sink, nil)
+		waitFor(b, 20*time.Second, "streaming", func() bool { return sink.cp.Load() != nil })
+		peak := heapSampler(b)
+		e.exec(`INSERT INTO lt SELECT i, md5(i::text) || md5((i+1)::text), repeat('x', 100), i * 1.5, now() FROM generate_series(1, 1000000) i`)
+		committed := time.Now()
+		waitFor(b, 10*time.Minute, "1,000,000 changes", func() bool { return sink.changes.Load() == 1_000_000 })
+		took := time.Since(committed)
+		r.stop()
+		b.ReportMetric(1e6/took.Seconds(), "events/s")
+		b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MiB")
+		b.ReportMetric(vmHWM(), "peak-RSS-MiB")
+	}
+}
+
+// BenchmarkCommitToApplyLatency: at a steady 5,000 changes/s (50
+// transactions of 100 rows per second), the time from commit to the batch
+// reaching the sink.
+func BenchmarkCommitToApplyLatency(b *testing.B) {
+	for range b.N {
+		e := newEnv(b, "CREATE TABLE lat (id int PRIMARY KEY, v text)")
+		src, _ := e.source("tables: [public.lat]")
+		var mu sync.Mutex
+		var lat []time.Duration
+		var count atomic.Int64
+		sink := sinkFunc(func(_ context.Context, bt capture.Batch) error {
+			now := time.Now()
+			mu.Lock()
+			for _, c := range bt.Changes {
+				lat = append(lat, now.Sub(c.ChangedAt))
+			}
+			mu.Unlock()
+			count.Add(int64(len(bt.Changes)))
+			return nil
+		})
+		r := start(b, src, sink, nil)
+		time.Sleep(2 * time.Second)
+		const seconds, perTx, txPerSec = 10, 100, 50
+		tick := time.NewTicker(time.Second / txPerSec)
+		id := 0
+		for i := 0; i < seconds*txPerSec; i++ {
+			<-tick.C
+			e.exec(fmt.Sprintf("INSERT INTO lat SELECT i, 'v' || i FROM generate_series(%d, %d) i", id, id+perTx-1))
+			id += perTx
+		}
+		tick.Stop()
+		waitFor(b, 30*time.Second, "all changes", func() bool { return count.Load() == int64(id) })
+		r.stop()
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	}
+}
+
+type sinkFunc func(context.Context, capture.Batch) error
+
+func (f sinkFunc) Apply(ctx context.Context, b capture.Batch) error { return f(ctx, b) }
+
+// vmHWM is the process's peak resident set (MiB).
+func vmHWM() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
