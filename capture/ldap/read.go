@@ -55,6 +55,8 @@ type reader struct {
 	conv    *converter
 	ad      bool
 	parents map[string]parentRef
+	// rawParents caches by the parent DN as the server spells it.
+	rawParents map[string]any
 }
 
 type parentRef struct {
@@ -69,6 +71,8 @@ func (s *Source) newReader(c *conn) *reader {
 		conv:    &converter{schema: c.schema, encoding: s.cfg.Binary.Encoding, hash: s.cfg.hash},
 		ad:      s.cfg.Flavor == FlavorAD,
 		parents: map[string]parentRef{},
+
+		rawParents: map[string]any{},
 	}
 }
 
@@ -105,8 +109,10 @@ func (rd *reader) attrsFor(r *record) []string {
 
 // convert turns a search result entry into the record's Values.
 func (rd *reader) convert(r *record, e *goldap.Entry) (*entry, error) {
-	ent := &entry{dn: e.DN, values: map[string]any{FieldDN: e.DN}}
-	attrs := map[string]*goldap.EntryAttribute{}
+	values := make(map[string]any, len(r.attrs)+len(e.Attributes)+8)
+	values[FieldDN] = e.DN
+	ent := &entry{dn: e.DN, values: values}
+	attrs := make(map[string]*goldap.EntryAttribute, len(e.Attributes))
 	var ranged []*goldap.EntryAttribute
 	for _, a := range e.Attributes {
 		name := a.Name
@@ -310,6 +316,40 @@ func parseRange(s string) (name string, end int, ok bool) {
 // context or when there is none. Results are cached for one cycle: a
 // rename may move a DN to another entry later.
 func (rd *reader) parentOf(dn string) (any, error) {
+	// Siblings share the server's spelling of their parent's DN: look that
+	// up first, so a snapshot parses each parent once, not every entry.
+	raw, ok := rawParent(dn)
+	if ok {
+		if p, hit := rd.rawParents[raw]; hit {
+			return p, nil
+		}
+	}
+	p, err := rd.parentOfParsed(dn)
+	if err == nil && ok {
+		if len(rd.rawParents) > 10000 {
+			clear(rd.rawParents)
+		}
+		rd.rawParents[raw] = p
+	}
+	return p, err
+}
+
+// rawParent returns the text after the first RDN separator of dn: the ','
+// that is not escaped by a backslash (RFC 4514 section 2.4). It is only a
+// cache key; the parent itself is found with ParseDN.
+func rawParent(dn string) (string, bool) {
+	for i := 0; i < len(dn); i++ {
+		switch dn[i] {
+		case '\\':
+			i++ // the escaped character (or the first hex digit) is not a separator
+		case ',', ';':
+			return dn[i+1:], true
+		}
+	}
+	return "", false
+}
+
+func (rd *reader) parentOfParsed(dn string) (any, error) {
 	d, err := goldap.ParseDN(dn)
 	if err != nil {
 		return nil, fmt.Errorf("%s: invalid DN: %w", dn, err)
