@@ -40,7 +40,7 @@ func (r *Receiver) Check(ctx context.Context) error {
 		return &wrapped{msg: fmt.Sprintf("kafka receiver %q: no broker answered: %s", r.name, strings.Join(problems, "; ")), err: errors.Join(errs...)}
 	}
 	for _, p := range problems {
-		r.log.Warn("kafka receiver: a bootstrap broker did not answer; the others did", "receiver", r.name, "problem", p)
+		r.log.Warn("kafka receiver: a bootstrap broker did not answer; the others did", "problem", p)
 	}
 
 	// Produce requests go to the addresses the brokers advertise, not to
@@ -120,8 +120,8 @@ func (r *Receiver) checkTemplate(ctx context.Context, t template, state bool, ex
 	}
 	sort.Strings(matching)
 	r.log.Info("kafka receiver: create_topics is off; a topic must exist before the first event for it",
-		"receiver", r.name, "template", t.raw, "existing", strings.Join(matching, ","),
-		"create_with", r.createCommand(t.expand("SOURCE", "TYPE"), state))
+		"template", t.raw, "existing", strings.Join(matching, ","),
+		"create_with", r.createCommand(t.raw, state))
 	return nil, nil
 }
 

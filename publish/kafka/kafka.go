@@ -115,12 +115,10 @@ func newReceiver(s *settings, opts publish.Options) (*Receiver, error) {
 		log = nopLogger{}
 	}
 	if tc != nil && tc.InsecureSkipVerify {
-		log.Warn("kafka receiver: TLS certificate verification is OFF (tls.insecure_skip_verify); anyone on the network path can read and alter events and credentials. Use tls.ca_file instead.",
-			"receiver", opts.Name)
+		log.Warn("kafka receiver: TLS certificate verification is OFF (tls.insecure_skip_verify); anyone on the network path can read and alter events and credentials. Use tls.ca_file instead.")
 	}
 	if s.saslMechanism == "plain" && tc == nil {
-		log.Warn("kafka receiver: SASL PLAIN without TLS sends the password in clear text; configure tls",
-			"receiver", opts.Name)
+		log.Warn("kafka receiver: SASL PLAIN without TLS sends the password in clear text; configure tls")
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	transport := &kafkago.Transport{
@@ -144,7 +142,7 @@ func newReceiver(s *settings, opts publish.Options) (*Receiver, error) {
 		refused:   map[string]struct{}{},
 		names:     map[[2]string][2]string{},
 	}
-	log.Info("kafka receiver ready", "receiver", opts.Name, "brokers", strings.Join(s.Brokers, ","),
+	log.Info("kafka receiver ready", "brokers", strings.Join(s.Brokers, ","),
 		"topic", s.Topic, "format", s.Format, "state_topic", stateTopicLog(s),
 		"compression", s.Compression, "tls", tc != nil, "sasl", s.saslMechanism)
 	return r, nil

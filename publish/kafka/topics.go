@@ -186,7 +186,7 @@ func (r *Receiver) createTopic(ctx context.Context, topic string, state bool) er
 	}
 	switch {
 	case err == nil:
-		r.log.Info("kafka receiver: created topic", "receiver", r.name, "topic", topic,
+		r.log.Info("kafka receiver: created topic", "topic", topic,
 			"partitions", tc.NumPartitions, "replication_factor", tc.ReplicationFactor, "configs", configString(tc.ConfigEntries))
 		return nil
 	case errors.Is(err, kafkago.TopicAlreadyExists):
@@ -235,14 +235,14 @@ func (r *Receiver) checkCompacted(ctx context.Context, topic string) {
 		}},
 	})
 	if err != nil {
-		r.log.Debug("kafka receiver: cannot read the state topic's cleanup.policy", "receiver", r.name, "topic", topic, "err", err)
+		r.log.Debug("kafka receiver: cannot read the state topic's cleanup.policy", "topic", topic, "err", err)
 		return
 	}
 	for _, res := range res.Resources {
 		for _, c := range res.ConfigEntries {
 			if c.ConfigName == "cleanup.policy" && !strings.Contains(c.ConfigValue, "compact") {
 				r.log.Warn("kafka receiver: the state topic is not compacted; it will lose current state to retention. Run kafka-configs.sh --alter --entity-type topics --entity-name "+topic+" --add-config cleanup.policy=compact",
-					"receiver", r.name, "topic", topic, "cleanup.policy", c.ConfigValue)
+					"topic", topic, "cleanup.policy", c.ConfigValue)
 			}
 		}
 	}
