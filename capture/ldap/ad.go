@@ -21,8 +21,8 @@ const dirSyncFlags = goldap.DirSyncIncrementalValues | goldap.DirSyncAncestorsFi
 
 const dirSyncMoreData = 0x1 // response flag: call again with the new cookie
 
-// chunkSize bounds how many changed objects are re-read per round trip.
-const chunkSize = 200
+// defaultChunk bounds how many changed objects are re-read per round trip.
+const defaultChunk = 200
 
 // touched is an object DirSync or a uSNChanged poll reported as changed,
 // with what the delta says about it.
@@ -116,7 +116,7 @@ func (s *Source) pollDirSync(ctx context.Context, ss *session, cp *checkpoint, s
 		for s.next(ss.stream, resp) {
 			if e := resp.Entry(); e != nil {
 				chunk = append(chunk, touchedFromDirSync(e))
-				if len(chunk) >= chunkSize {
+				if len(chunk) >= s.chunk {
 					if perr = p.process(ctx, chunk); perr != nil {
 						break
 					}
@@ -215,7 +215,7 @@ func (s *Source) pollUSN(ctx context.Context, ss *session, cp *checkpoint, sink 
 			// descendant re-read is one cheap search for a leaf).
 			t.moved = !t.created && !t.deleted
 			chunk = append(chunk, t)
-			if len(chunk) >= chunkSize {
+			if len(chunk) >= s.chunk {
 				if err := p.process(ctx, chunk); err != nil {
 					return err
 				}
@@ -386,7 +386,9 @@ func (s *Source) descendants(ctx context.Context, ss *session, em *emitter, rd *
 	}
 	ck := changeKey + ":below"
 	for _, r := range s.cfg.records {
-		err := s.paged(ctx, ss.stream, dn, goldap.ScopeWholeSubtree, r.filter, rd.attrsFor(r), nil, func(e *goldap.Entry) error {
+		// The lookup connection: the stream one may still be delivering
+		// the DirSync response this container came in.
+		err := s.paged(ctx, ss.lookup, dn, goldap.ScopeWholeSubtree, r.filter, rd.attrsFor(r), nil, func(e *goldap.Entry) error {
 			d, err := goldap.ParseDN(e.DN)
 			if err != nil || !top.AncestorOfFold(d) {
 				return nil // the container itself

@@ -256,13 +256,21 @@ func TestADUnitRenameAndScope(t *testing.T) {
 	}
 	sink := newFakeSink(FieldDN)
 	src := newTestSource(t, f.config(""), capture.Options{})
+	src.chunk = 10 // re-read while the DirSync response is still arriving
 	runOnce(t, src, sink)
 	sink.take()
 	sub := f.guid(t, "OU=Sub,"+b)
 
+	// the rename, then 100 changes after it in the same DirSync response
 	f.d.rename("OU=Sub,"+b, "OU=Renamed", "")
+	for i := range 100 {
+		f.d.replace(fmt.Sprintf("CN=p%03d,OU=Renamed,%s", i, b), "description", "x")
+	}
 	runOnce(t, src, sink)
-	wantEvents(t, sink.take(), event{Op: "update", Record: "units", Key: sub, Changed: []string{"ou"}})
+	ev := sink.take()
+	if len(ev) != 101 || len(eventsFor(ev, sub)) != 1 || eventsFor(ev, sub)[0].String() != (event{Op: "update", Record: "units", Key: sub, Changed: []string{"ou"}}).String() {
+		t.Fatalf("want 100 description updates and the unit's rename, got %d events: %v", len(ev), eventsFor(ev, sub))
+	}
 	p := f.guid(t, "CN=p007,OU=Renamed,"+b)
 	if got := sink.get("users", p)[FieldDN]; !strings.Contains(got.(string), "OU=Renamed") {
 		t.Fatalf("descendant DN not refreshed: %v", got)
@@ -279,7 +287,7 @@ func TestADUnitRenameAndScope(t *testing.T) {
 	// the unit with its 100 users out, then in again
 	f.d.rename("OU=Renamed,"+b, "OU=Renamed", out)
 	runOnce(t, src, sink)
-	ev := sink.take()
+	ev = sink.take()
 	if n := countEvents(ev, "delete", "moved-out-of-scope"); n != 101 || len(ev) != 101 {
 		t.Fatalf("unit out of scope: %d moved-out-of-scope deletes of %d events, want 101", n, len(ev))
 	}

@@ -284,7 +284,7 @@ func (s *Source) dnChanged(ctx context.Context, r *record, keyAttr string, ent *
 func (s *Source) verifyDeleted(ctx context.Context, ss *session, em *emitter, rd *reader, r *record, uuids []string, changeKey string) ([]moved, error) {
 	var out []moved
 	for len(uuids) > 0 {
-		n := min(len(uuids), chunkSize)
+		n := min(len(uuids), s.chunk)
 		part := uuids[:n]
 		uuids = uuids[n:]
 		var ors strings.Builder

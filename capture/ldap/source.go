@@ -36,6 +36,7 @@ type Source struct {
 	now   func() time.Time
 	sess  *session
 	retry time.Duration // first retry delay; doubles up to a minute
+	chunk int           // changed objects re-read per round trip
 }
 
 var (
@@ -71,7 +72,7 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if cfg.TLS.InsecureSkipVerify {
 		log.Warn("TLS certificate verification is OFF (tls.insecure_skip_verify); configure tls.ca_file instead", "source", cfg.Name)
 	}
-	return &Source{cfg: cfg, opts: opts, log: log, now: time.Now, retry: time.Second}, nil
+	return &Source{cfg: cfg, opts: opts, log: log, now: time.Now, retry: time.Second, chunk: defaultChunk}, nil
 }
 
 // ID is the register's stable URI, ldap://<domain>/<base DN>.
