@@ -48,7 +48,11 @@ var (
 
 // New builds a source from its config node (decoded strictly).
 func New(node *yaml.Node, opts capture.Options) (*Source, error) {
-	cfg, err := decodeConfig("config", node)
+	file := opts.File
+	if file == "" {
+		file = "config"
+	}
+	cfg, err := decodeConfig(file, node)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +64,7 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	}
 	for _, want := range opts.Records {
 		if !slices.Contains(cfg.recordNames(), want) {
-			return nil, configs.Errorf("config", node, "define it under records, or fix the mapping's record name",
+			return nil, configs.Errorf(file, node, "define it under records, or fix the mapping's record name",
 				"ldap source %q: a mapping selects record %q, which the source does not define (records: %s)",
 				cfg.Name, want, strings.Join(cfg.recordNames(), ", "))
 		}

@@ -327,8 +327,8 @@ records:
 	if _, err := New(doc.Content[0], capture.Options{Name: "d", Records: []string{"people"}}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := New(doc.Content[0], capture.Options{Name: "d", Records: []string{"users"}})
-	if err == nil || !strings.Contains(err.Error(), `selects record "users"`) || !configs.IsConfigError(err) {
+	_, err := New(doc.Content[0], capture.Options{Name: "d", File: "agent.yaml", Records: []string{"users"}})
+	if err == nil || !strings.Contains(err.Error(), `selects record "users"`) || !strings.HasPrefix(err.Error(), "agent.yaml:") || !configs.IsConfigError(err) {
 		t.Fatalf("err = %v", err)
 	}
 }
