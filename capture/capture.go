@@ -69,8 +69,10 @@ type Change struct {
 	Unchanged []string
 	// OldKey holds the previous key columns when an update changed the key.
 	OldKey map[string]any
-	// Reason overrides the delete/undelete reason (e.g. "tombstone",
-	// "truncated", "moved-out-of-scope"); empty means the default.
+	// Reason overrides the delete reason (e.g. "tombstone", "truncated",
+	// "moved-out-of-scope") and, on OpUpsert, the reason used when the
+	// engine makes it a create or undelete ("moved-into-scope",
+	// "restored"); empty means the default.
 	Reason string
 	// ChangedAt is when the source committed the change (zero if unknown).
 	ChangedAt time.Time

@@ -475,3 +475,8 @@ func (s *Source) Check(ctx context.Context) error {
 	}
 	return nil
 }
+
+// KeepsRows tells the engine to keep each entry's raw attributes: rename
+// detection compares the stored dn (State.Row), and a container's change
+// then need not re-read its whole subtree.
+func (s *Source) KeepsRows() bool { return true }
