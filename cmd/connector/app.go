@@ -114,7 +114,7 @@ func load(path string, opt loadOptions) (*app, error) {
 		se.info = history.SourceInfo{Name: e.Name, Type: e.Type, ID: e.Type + "://" + e.Name, Guard: g}
 		if opt.sources {
 			src, err := f(e.Node, capture.Options{Name: e.Name, File: path, Records: maps.Records(e.Name), Once: opt.once,
-				Log: a.log}) // adapters name themselves in what they log
+				Log: a.log, State: stateReader{a}}) // adapters name themselves in what they log
 			if err != nil {
 				if ce := configErr(err, path); ce != nil {
 					return nil, ce
@@ -250,6 +250,17 @@ func (a *app) receiver(name string) (*receiverEntry, error) {
 		names = append(names, r.Name)
 	}
 	return nil, &configs.Error{File: a.cfg.Path, Msg: fmt.Sprintf("no receiver named %q", name), Hint: "configured: " + strings.Join(names, ", ")}
+}
+
+// stateReader gives sources read access to the engine's rows; the engine
+// is built after the sources, so it is looked up at call time.
+type stateReader struct{ a *app }
+
+func (r stateReader) Row(ctx context.Context, source, record string, key map[string]any) (map[string]any, error) {
+	if r.a.engine == nil {
+		return nil, nil
+	}
+	return r.a.engine.Row(ctx, source, record, key)
 }
 
 // redactor adapts the mapping set to publish.Redactor.
