@@ -328,6 +328,9 @@ func BenchmarkCommitToApplyLatency(b *testing.B) {
 			return nil
 		})
 		r := start(b, src, sink, nil)
+		// The test cluster runs with synchronous_commit = off, which leaves
+		// commits unflushed (and undecodable) for up to wal_writer_delay.
+		e.exec("SET synchronous_commit = on")
 		time.Sleep(2 * time.Second)
 		const seconds, perTx, txPerSec = 10, 100, 50
 		tick := time.NewTicker(time.Second / txPerSec)

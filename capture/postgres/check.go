@@ -54,6 +54,8 @@ type slotInfo struct {
 	ActivePID              int32
 	ConfirmedFlush         string
 	Temporary              bool
+	// Lost: the server invalidated the slot (max_slot_wal_keep_size).
+	Lost bool
 }
 
 // Check tests the connection, the server settings, the role, the tables,
@@ -115,9 +117,14 @@ func (s *Source) inspect(ctx context.Context, c *pgx.Conn) (*server, []error, er
 	var pid *int32
 	var confirmed *string
 	var plugin, db *string
-	err = c.QueryRow(ctx, `SELECT plugin, slot_type, database, active, active_pid, confirmed_flush_lsn::text, temporary
+	walStatus := "NULL::text"
+	if srv.Version >= 130000 {
+		walStatus = "wal_status"
+	}
+	var status *string
+	err = c.QueryRow(ctx, `SELECT plugin, slot_type, database, active, active_pid, confirmed_flush_lsn::text, temporary, `+walStatus+`
 		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(
-		&plugin, &slot.Type, &db, &slot.Active, &pid, &confirmed, &slot.Temporary)
+		&plugin, &slot.Type, &db, &slot.Active, &pid, &confirmed, &slot.Temporary, &status)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		slot = nil
@@ -136,6 +143,7 @@ func (s *Source) inspect(ctx context.Context, c *pgx.Conn) (*server, []error, er
 			slot.ActivePID = *pid
 		}
 		slot.ConfirmedFlush = deref(confirmed)
+		slot.Lost = deref(status) == "lost"
 		switch {
 		case slot.Type != "logical" || slot.Plugin != "pgoutput":
 			add("replication slot %q is a %s slot with plugin %q, the agent needs a logical pgoutput slot; set slot: to another name, or drop it with SELECT pg_drop_replication_slot(%s)",

@@ -166,8 +166,10 @@ func (s *Source) explainConnect(err error, cfg *pgconn.Config) error {
 				where, cfg.User, addr, pgErr)
 		case "28000":
 			if strings.Contains(pgErr.Message, "pg_hba.conf") {
-				return fmt.Errorf("%s: the server at %s has no pg_hba.conf entry for user %q (%s); add e.g. `hostssl %s %s <agent address>/32 scram-sha-256` and `hostssl replication %s <agent address>/32 scram-sha-256` to pg_hba.conf, then SELECT pg_reload_conf(): %w",
-					where, addr, cfg.User, pgErr.Message, cfg.Database, cfg.User, cfg.User, pgErr)
+				// Logical replication connections match pg_hba.conf lines by
+				// database name, like ordinary ones (not "replication").
+				return fmt.Errorf("%s: the server at %s has no pg_hba.conf entry for user %q (%s); add e.g. `hostssl %s %s <agent address>/32 scram-sha-256` to pg_hba.conf, then SELECT pg_reload_conf(): %w",
+					where, addr, cfg.User, pgErr.Message, cfg.Database, cfg.User, pgErr)
 			}
 			return fmt.Errorf("%s: user %q may not log in at %s: %s; run ALTER ROLE %s LOGIN: %w", where, cfg.User, addr, pgErr.Message, quoteIdent(cfg.User), pgErr)
 		case "3D000":

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -528,5 +529,58 @@ func TestTruncateInsideResumedSnapshot(t *testing.T) {
 	converged(t, e, src2, sink, tables, 20*time.Second)
 	if !log.has("a reconcile snapshot follows") {
 		t.Error("the partial truncate did not ask for a reconcile")
+	}
+}
+
+// The server invalidates the slot of a stopped agent that held back more
+// WAL than max_slot_wal_keep_size: a gap, handled like a dropped slot.
+func TestSlotInvalidatedWhileDown(t *testing.T) {
+	p := testenv.NewPostgres(t, testenv.PostgresOptions{Settings: map[string]string{"max_slot_wal_keep_size": "1MB", "max_wal_size": "64MB"}})
+	e := newEnvOn(t, p, append(seedTables(10, "inv"), "CREATE TABLE filler (x text)")...)
+	src, _ := e.source("tables: [public.inv]")
+	sink := newSink(map[string][]string{"public.inv": {"id"}})
+	r := start(t, src, sink, nil)
+	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.inv")) == 10 })
+	r.stop()
+	e.waitInactive(src.cfg.Slot)
+	n := len(sink.all())
+	e.exec("DELETE FROM inv WHERE id = 1")
+	for i := 0; i < 4; i++ {
+		e.exec("INSERT INTO filler SELECT repeat(md5(i::text), 30) FROM generate_series(1, 10000) i", "SELECT pg_switch_wal()")
+	}
+	e.exec("CHECKPOINT")
+	var status string
+	if err := e.conn.QueryRow(context.Background(), "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", src.cfg.Slot).Scan(&status); err != nil || status != "lost" {
+		t.Fatalf("wal_status = %q (%v), want lost", status, err)
+	}
+	src2, _ := e.source("tables: [public.inv]")
+	start(t, src2, sink, sink.checkpoint())
+	converged(t, e, src2, sink, []string{"public.inv"}, 20*time.Second)
+	if b := sink.all()[n]; !strings.Contains(b.EpochBreak, "invalidated") || b.Snapshot == nil || b.Snapshot.Initial {
+		t.Fatalf("first batch after the invalidation: epoch %q snapshot %+v", b.EpochBreak, b.Snapshot)
+	}
+}
+
+// A table added to the configuration gets an initial load of its own; the
+// stream of the other tables goes on from its checkpoint.
+func TestTableAddedLater(t *testing.T) {
+	e := newEnv(t, seedTables(20, "first", "second")...)
+	src, _ := e.source("tables: [public.first]")
+	sink := newSink(map[string][]string{"public.first": {"id"}, "public.second": {"id"}})
+	r := start(t, src, sink, nil)
+	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.first")) == 20 })
+	r.stop()
+	n := len(sink.all())
+	e.exec("DELETE FROM first WHERE id < 5", "DELETE FROM second WHERE id < 3")
+	src2, _ := e.source("tables: [public.first, public.second]")
+	start(t, src2, sink, sink.checkpoint())
+	w := startWriter(t, e.dsn("postgres"), []string{"first", "second"}, 40)
+	time.Sleep(500 * time.Millisecond)
+	w.halt()
+	converged(t, e, src2, sink, []string{"public.first", "public.second"}, 20*time.Second)
+	sink.noProblems(t)
+	b := sink.all()[n]
+	if b.Snapshot == nil || !b.Snapshot.Initial || !reflect.DeepEqual(b.Snapshot.Records, []string{"public.second"}) || b.EpochBreak != "" {
+		t.Fatalf("first batch after adding a table: %+v epoch %q", b.Snapshot, b.EpochBreak)
 	}
 }

@@ -130,12 +130,26 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		breakReason = fmt.Sprintf("the slot is %q, the checkpoint's %q", s.cfg.Slot, cp.Slot)
 	case srv.Slot == nil:
 		breakReason = fmt.Sprintf("replication slot %q no longer exists (dropped while the agent was stopped?); changes since %s are lost to the stream", s.cfg.Slot, cp.LSN)
+	case srv.Slot.Lost:
+		breakReason = fmt.Sprintf("replication slot %q was invalidated by the server (it retained more WAL than max_slot_wal_keep_size); changes since %s are lost to the stream", s.cfg.Slot, cp.LSN)
 	case mustLSN(srv.Slot.ConfirmedFlush) > cp.lsn():
 		breakReason = fmt.Sprintf("replication slot %q was advanced to %s behind the agent's back (its checkpoint is %s); the changes in between were skipped", s.cfg.Slot, srv.Slot.ConfirmedFlush, cp.LSN)
 	}
 	if !fresh && breakReason == "" && cp.Timeline != ident.Timeline {
 		s.log.Warn("server timeline changed (a failover or a restore?); the slot is intact, streaming continues", "source", s.name,
 			"from", cp.Timeline, "to", ident.Timeline)
+	}
+	if srv.Slot != nil && srv.Slot.Lost {
+		if !*s.cfg.CreateSlot {
+			repl.Close(context.Background())
+			return cp, req, fmt.Errorf("postgres source %q: replication slot %q was invalidated by the server (max_slot_wal_keep_size); drop it (SELECT pg_drop_replication_slot(%s)) and start again: the agent recreates it only with create_slot: true",
+				s.name, s.cfg.Slot, quoteLiteral(s.cfg.Slot))
+		}
+		if err := pglogrepl.DropReplicationSlot(ctx, repl, s.cfg.Slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
+			repl.Close(context.Background())
+			return cp, req, s.slotError("drop the invalidated slot "+s.cfg.Slot, err)
+		}
+		srv.Slot = nil
 	}
 	base := cp
 	base.SystemID, base.Timeline, base.Database, base.Slot = ident.SystemID, ident.Timeline, srv.Database, s.cfg.Slot

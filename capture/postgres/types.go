@@ -169,6 +169,12 @@ func decodeNumber(b []byte) any {
 const tsLayout = "2006-01-02T15:04:05.000000Z"
 
 func decodeTimestamptz(b []byte) any {
+	// Fast path: under TimeZone=UTC the text is "2006-01-02 15:04:05[.f]+00".
+	if n := len(b); n >= 22 && string(b[n-3:]) == "+00" {
+		if s, ok := isoTimestamp(b[:n-3], "Z"); ok {
+			return s
+		}
+	}
 	var ts pgtype.Timestamptz
 	if err := ts.Scan(string(b)); err != nil || !ts.Valid || ts.InfinityModifier != pgtype.Finite {
 		return string(b) // infinity, BC or out of Go's range: the text form
@@ -179,6 +185,9 @@ func decodeTimestamptz(b []byte) any {
 // decodeTimestamp writes a timestamp without time zone without an offset:
 // the column does not say which zone it means.
 func decodeTimestamp(b []byte) any {
+	if s, ok := isoTimestamp(b, ""); ok {
+		return s
+	}
 	var ts pgtype.Timestamp
 	if err := ts.Scan(string(b)); err != nil || !ts.Valid || ts.InfinityModifier != pgtype.Finite {
 		return string(b)
@@ -312,4 +321,41 @@ func (p *arrayParser) parse() ([]any, error) {
 		}
 		return nil, errArray
 	}
+}
+
+// isoTimestamp rewrites "2006-01-02 15:04:05[.ffffff]" as
+// "2006-01-02T15:04:05.ffffff"+zone without parsing; ok is false for any
+// other shape (BC, years past 9999, infinity), which the slow path handles.
+func isoTimestamp(b []byte, zone string) (string, bool) {
+	if len(b) < 19 || len(b) > 26 || b[4] != '-' || b[7] != '-' || b[10] != ' ' || b[13] != ':' || b[16] != ':' {
+		return "", false
+	}
+	for _, i := range [...]int{0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18} {
+		if b[i] < '0' || b[i] > '9' {
+			return "", false
+		}
+	}
+	frac := b[19:]
+	if len(frac) > 0 {
+		if frac[0] != '.' {
+			return "", false
+		}
+		frac = frac[1:]
+		for _, c := range frac {
+			if c < '0' || c > '9' {
+				return "", false
+			}
+		}
+	}
+	var out [32]byte
+	o := append(out[:0], b[:10]...)
+	o = append(o, 'T')
+	o = append(o, b[11:19]...)
+	o = append(o, '.')
+	o = append(o, frac...)
+	for i := len(frac); i < 6; i++ {
+		o = append(o, '0')
+	}
+	o = append(o, zone...)
+	return string(o), true
 }
