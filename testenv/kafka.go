@@ -14,8 +14,8 @@ import (
 )
 
 // Kafka is a Kafka wire-protocol broker for tests: kfake
-// (github.com/twmb/franz-go/pkg/kfake) in this process, one broker on a
-// free loopback port. There is no Kafka in Debian, so this is what
+// (github.com/twmb/franz-go/pkg/kfake) in this process, one broker (or
+// Brokers) on free loopback ports. There is no Kafka in Debian, so this is what
 // integration tests produce to and consume from. It is an emulator: one
 // broker, no replication (acks=all is acknowledged at once), compaction and
 // retention simulated. Tests that rely on one of those say so.
@@ -25,18 +25,23 @@ import (
 // with the topics, records and committed offsets it had (kept in Dir),
 // unless the cluster is InMemory.
 type Kafka struct {
-	Addr string // 127.0.0.1:port
-	Port int
-	Dir  string // persisted broker state; "" when InMemory
+	Addr  string   // 127.0.0.1:port of the first broker: the bootstrap address
+	Port  int      // its port
+	Addrs []string // every broker's address, Addrs[0] == Addr
+	Dir   string   // persisted broker state; "" when InMemory
 
-	opts KafkaOptions
-	mu   sync.Mutex
-	c    *kfake.Cluster
-	ln   net.Listener // the listener reserved for the first start
+	opts  KafkaOptions
+	mu    sync.Mutex
+	c     *kfake.Cluster
+	ports []int
+	lns   map[string]net.Listener // listeners reserved for the first start
 }
 
 // KafkaOptions tunes the broker for a test.
 type KafkaOptions struct {
+	// Brokers is the number of brokers (default 1), for leader changes:
+	// kfake's Cluster().MoveTopicPartition and ShufflePartitionLeaders.
+	Brokers int
 	// Partitions is the partition count of topics created without one
 	// (auto-created or CreateTopics with -1); default 3.
 	Partitions int
@@ -66,16 +71,25 @@ func StartKafka(opts KafkaOptions) (*Kafka, error) {
 	if opts.Partitions <= 0 {
 		opts.Partitions = 3
 	}
-	// Holding the listener from here to kfake avoids a race with another
+	opts.Brokers = max(opts.Brokers, 1)
+	// Holding the listeners from here to kfake avoids a race with another
 	// process taking a port we only probed.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("testenv: kafka: listen on a loopback port: %w", err)
+	k := &Kafka{opts: opts, lns: map[string]net.Listener{}}
+	for range opts.Brokers {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			k.Close()
+			return nil, fmt.Errorf("testenv: kafka: listen on a loopback port: %w", err)
+		}
+		k.lns[ln.Addr().String()] = ln
+		k.Addrs = append(k.Addrs, ln.Addr().String())
+		k.ports = append(k.ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	k := &Kafka{Addr: ln.Addr().String(), Port: ln.Addr().(*net.TCPAddr).Port, opts: opts, ln: ln}
+	k.Addr, k.Port = k.Addrs[0], k.ports[0]
 	if !opts.InMemory {
+		var err error
 		if k.Dir, err = os.MkdirTemp("", "testenv-kafka-"); err != nil {
-			ln.Close()
+			k.Close()
 			return nil, fmt.Errorf("testenv: kafka temp dir: %w", err)
 		}
 	}
@@ -103,7 +117,7 @@ func (k *Kafka) Start() error {
 		return nil
 	}
 	opts := []kfake.Opt{
-		kfake.Ports(k.Port),
+		kfake.Ports(k.ports...),
 		kfake.ListenFn(k.listen),
 		kfake.DefaultNumPartitions(k.opts.Partitions),
 		kfake.ClusterID("testenv"),
@@ -117,18 +131,18 @@ func (k *Kafka) Start() error {
 	opts = append(opts, k.opts.Extra...)
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
-		return fmt.Errorf("testenv: kafka (kfake) on %s: %w", k.Addr, err)
+		return fmt.Errorf("testenv: kafka (kfake) on %v: %w", k.Addrs, err)
 	}
 	k.c = c
 	return nil
 }
 
-// listen hands kfake the reserved listener on the first start and listens
-// on the same port again after a Stop, waiting briefly if the kernel still
-// holds it.
+// listen hands kfake the reserved listeners on the first start and listens
+// on the same ports again after a Stop, waiting briefly if the kernel still
+// holds one.
 func (k *Kafka) listen(network, addr string) (net.Listener, error) {
-	if ln := k.ln; ln != nil {
-		k.ln = nil
+	if ln, ok := k.lns[addr]; ok {
+		delete(k.lns, addr)
 		return ln, nil
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -154,9 +168,9 @@ func (k *Kafka) Stop() {
 // Close stops the broker and removes its state.
 func (k *Kafka) Close() {
 	k.Stop()
-	if k.ln != nil {
-		k.ln.Close()
-		k.ln = nil
+	for addr, ln := range k.lns {
+		ln.Close()
+		delete(k.lns, addr)
 	}
 	if k.Dir != "" {
 		os.RemoveAll(k.Dir)

@@ -19,6 +19,8 @@ import (
 // addresses are reachable from here, and the topics exist or may be
 // created. It changes nothing on the cluster.
 func (r *Receiver) Check(ctx context.Context) error {
+	r.mu.Lock() // not while a Deliver uses (or renews) the transport
+	defer r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 3*r.s.Timeout)
 	defer cancel()
 

@@ -33,6 +33,9 @@
 // redelivery may add a second, identical copy (same ce_id) of events that
 // other partitions had already taken. Consumers deduplicate on the event id.
 //
+// A broker that no longer leads a partition makes the receiver renew its
+// cluster metadata at once, rather than when kafka-go's cache expires.
+//
 // A record the broker refuses for good (too large, invalid, topic not
 // writable) turns into a *publish.RejectedError for its event, which the
 // dispatcher dead-letters, so one bad event never stalls the receiver. A
@@ -42,6 +45,7 @@ package kafka
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -51,6 +55,7 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/os2sandbox/connector/history"
@@ -69,6 +74,8 @@ type Receiver struct {
 	ce   render.CloudEvents
 
 	addr      net.Addr
+	tls       *tls.Config
+	sasl      sasl.Mechanism
 	transport *kafkago.Transport
 	client    *kafkago.Client
 	stop      context.CancelFunc // ends the transport's background work
@@ -120,28 +127,19 @@ func newReceiver(s *settings, opts publish.Options) (*Receiver, error) {
 	if s.saslMechanism == "plain" && tc == nil {
 		log.Warn("kafka receiver: SASL PLAIN without TLS sends the password in clear text; configure tls")
 	}
-	ctx, stop := context.WithCancel(context.Background())
-	transport := &kafkago.Transport{
-		DialTimeout: min(s.Timeout, 10*time.Second),
-		ClientID:    s.ClientID,
-		TLS:         tc,
-		SASL:        mech,
-		Context:     ctx,
-	}
-	addr := kafkago.TCP(s.Brokers...)
 	r := &Receiver{
-		name:      opts.Name,
-		s:         s,
-		log:       log,
-		ce:        render.CloudEvents{InstallationID: opts.InstallationID, TypePrefix: s.TypePrefix},
-		addr:      addr,
-		transport: transport,
-		client:    &kafkago.Client{Addr: addr, Transport: transport, Timeout: s.Timeout},
-		stop:      stop,
-		topics:    map[string]*topicInfo{},
-		refused:   map[string]struct{}{},
-		names:     map[[2]string][2]string{},
+		name:    opts.Name,
+		s:       s,
+		log:     log,
+		ce:      render.CloudEvents{InstallationID: opts.InstallationID, TypePrefix: s.TypePrefix},
+		addr:    kafkago.TCP(s.Brokers...),
+		tls:     tc,
+		sasl:    mech,
+		topics:  map[string]*topicInfo{},
+		refused: map[string]struct{}{},
+		names:   map[[2]string][2]string{},
 	}
+	r.connect()
 	log.Info("kafka receiver ready", "brokers", strings.Join(s.Brokers, ","),
 		"topic", s.Topic, "format", s.Format, "state_topic", stateTopicLog(s),
 		"compression", s.Compression, "tls", tc != nil, "sasl", s.saslMechanism)
@@ -153,6 +151,30 @@ func stateTopicLog(s *settings) string {
 		return "off"
 	}
 	return s.StateTopic.Topic
+}
+
+// connect sets up the transport: connections and the cluster metadata
+// cache that routes each request to its partition's leader.
+func (r *Receiver) connect() {
+	ctx, stop := context.WithCancel(context.Background())
+	r.transport = &kafkago.Transport{
+		DialTimeout: min(r.s.Timeout, 10*time.Second),
+		ClientID:    r.s.ClientID,
+		TLS:         r.tls,
+		SASL:        r.sasl,
+		Context:     ctx,
+	}
+	r.client = &kafkago.Client{Addr: r.addr, Transport: r.transport, Timeout: r.s.Timeout}
+	r.stop = stop
+}
+
+// reconnect replaces the transport, so that the next request starts from
+// fresh cluster metadata. kafka-go refreshes its cache only every few
+// seconds and not when a broker says it no longer leads a partition; a new
+// transport asks at once.
+func (r *Receiver) reconnect() {
+	r.Close()
+	r.connect()
 }
 
 // Close releases the connections. Deliver leaves nothing buffered.

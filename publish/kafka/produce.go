@@ -25,6 +25,7 @@ type outcome struct {
 	failed int
 	err    error
 	gone   string // a topic the cluster no longer knows
+	stale  bool   // the cluster metadata is out of date (leader moved, topic gone)
 }
 
 // produce sends msgs (in event order) round by round, and returns the
@@ -44,7 +45,9 @@ func (r *Receiver) produce(ctx context.Context, msgs []message) (int, error) {
 			wg.Wait()
 		}
 		first := outcome{failed: -1}
+		stale := false
 		for _, o := range outs {
+			stale = stale || o.stale
 			if o.gone != "" {
 				// Deleted under us: look it up (and create it) afresh
 				// on the next Deliver.
@@ -59,6 +62,9 @@ func (r *Receiver) produce(ctx context.Context, msgs []message) (int, error) {
 				// deliver it, rejecting would drop it.
 				first = o
 			}
+		}
+		if stale {
+			r.reconnect()
 		}
 		if first.failed >= 0 {
 			return first.failed, first.err
@@ -130,8 +136,13 @@ func (r *Receiver) sendChunk(ctx context.Context, topic string, partition int, m
 		return outcome{failed: msgs[0].event, err: &rejection{r.produceError(err, topic, partition)}}
 	}
 	o := outcome{failed: msgs[0].event, err: r.produceError(err, topic, partition)}
-	if errors.Is(err, kafkago.UnknownTopicOrPartition) || errors.Is(err, protocol.ErrNoTopic) {
-		o.gone = topic
+	switch {
+	case errors.Is(err, kafkago.UnknownTopicOrPartition), errors.Is(err, protocol.ErrNoTopic):
+		o.gone, o.stale = topic, true
+	case errors.Is(err, kafkago.NotLeaderForPartition), errors.Is(err, kafkago.LeaderNotAvailable),
+		errors.Is(err, kafkago.FencedLeaderEpoch), errors.Is(err, kafkago.UnknownLeaderEpoch),
+		errors.Is(err, protocol.ErrNoLeader):
+		o.stale = true
 	}
 	return o
 }
