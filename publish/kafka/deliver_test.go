@@ -2,12 +2,9 @@ package kafka
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"testing"
 
-	"github.com/os2sandbox/connector/history"
-	"github.com/os2sandbox/connector/publish"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -48,7 +45,4 @@ func TestDeliverEmpty(t *testing.T) {
 	if err := r.Deliver(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
-	var _ []history.Event
-	var _ = errors.New
-	var _ publish.Receiver = r
 }
