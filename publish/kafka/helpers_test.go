@@ -62,7 +62,7 @@ func ev(seq uint64, source, typ, id, op string, version uint64) history.Event {
 	return e
 }
 
-// history of objects: n objects of type typ, each created and then updated
+// objectHistory is the history of objects objects of type typ, each created and then updated
 // versions-1 times, interleaved round-robin, sequences from 1.
 func objectHistory(source, typ string, objects, versions int) []history.Event {
 	var out []history.Event
