@@ -266,7 +266,7 @@ receivers:
 	if len(table) != len(last)-deleted {
 		t.Fatalf("table has %d rows, events describe %d live objects", len(table), len(last)-deleted)
 	}
-	if n := bytes.Count(before, []byte("\n")); n < want/2 {
+	if n := bytes.Count(before, []byte("\n")); n < want/10 {
 		t.Errorf("only %d of %d events were delivered while the agent was being killed", n, want)
 	}
 	t.Logf("%d kills; %d events (%d inserts, %d updates, %d deletes after a %d-row load); %d duplicate deliveries, all identical",
