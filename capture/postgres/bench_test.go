@@ -1,9 +1,12 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +21,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/history"
+	"github.com/os2sandbox/connector/state"
 )
 
 // Benchmarks run with -benchtime 1x (make bench): each does its workload
@@ -53,7 +58,7 @@ func getFixture(b *testing.B) *walFixture {
 		f := &walFixture{e: e, slots: map[string]pglogrepl.LSN{}}
 		ctx := context.Background()
 		e.exec("CREATE PUBLICATION wpub FOR TABLE w")
-		var slots []string
+		slots := []string{"bench_agent"}
 		for i := 1; i <= rounds; i++ {
 			slots = append(slots, fmt.Sprintf("bench_decode_%d", i), fmt.Sprintf("bench_source_%d", i))
 		}
@@ -284,6 +289,89 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkAgentToFileReceiver: `connector run --once` (the real engine
+// with a durable state file, and a file receiver) on the same WAL; ratio =
+// its rate / the decode-only rate. The events are counted in the
+// receiver's file.
+func BenchmarkAgentToFileReceiver(b *testing.B) {
+	f := getFixture(b)
+	measure(b, f)
+	bin := connectorBinary(b)
+	for range b.N {
+		dir := b.TempDir()
+		cfg := fmt.Sprintf(`state: ./state.db
+sources:
+  - name: pg
+    type: postgres
+    dsn: %s
+    tables: [public.w]
+    publication: wpub
+    slot: bench_agent
+    create_publication: false
+    create_slot: false
+mappings:
+  - type: Worker
+    source: pg
+    record: public.w
+    id: id
+    fields: {name: name, email: email, dept: dept, salary: salary, updated: updated}
+    classification: internal
+receivers:
+  - name: out
+    type: file
+    path: ./events.jsonl
+    start: beginning
+    classification: internal
+`, f.e.dsn("postgres"))
+		if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		// A stored checkpoint at the slot's start: the agent replays the
+		// WAL instead of taking a snapshot.
+		var sys, db string
+		if err := f.e.conn.QueryRow(context.Background(), "SELECT system_identifier::text, current_database() FROM pg_control_system()").Scan(&sys, &db); err != nil {
+			b.Fatal(err)
+		}
+		var tl int32
+		if err := f.e.conn.QueryRow(context.Background(), "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&tl); err != nil {
+			b.Fatal(err)
+		}
+		cp := checkpoint{SystemID: sys, Database: db, Slot: "bench_agent", Timeline: tl, LSN: f.slots["bench_agent"].String(), Captured: []string{"public.w"}}
+		st, err := state.Open(filepath.Join(dir, "state.db"), state.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = st.Update(func(tx *state.Tx) error {
+			return history.SaveSource(tx, "pg", history.SourceState{Checkpoint: cp.encode()})
+		})
+		st.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
+		cmd.Dir = dir
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		start := time.Now()
+		if err := cmd.Run(); err != nil {
+			b.Fatalf("connector run --once: %v\n%s", err, out.String())
+		}
+		took := time.Since(start)
+		ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+		events, err := os.ReadFile(filepath.Join(dir, "events.jsonl"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n := bytes.Count(events, []byte("\n")); n != f.events {
+			b.Fatalf("the receiver got %d events, want %d\n%s", n, f.events, out.String())
+		}
+		rate := float64(f.events) / took.Seconds()
+		b.ReportMetric(rate, "events/s")
+		b.ReportMetric(rate/measured.decode.rate, "ratio")
+		b.ReportMetric(float64(ru.Maxrss)/1024, "agent-peak-RSS-MiB")
+	}
 }
 
 // BenchmarkLargeTransaction1M: one transaction of 1,000,000 inserts

@@ -83,7 +83,7 @@ type Source struct {
 
 	mu      sync.Mutex
 	id      string           // cached ID()
-	running chan snapRequest // non-nil while Run is active
+	running *runHandle // non-nil while Run is active
 	types   *typeCache
 }
 
@@ -207,6 +207,12 @@ func keyNode(node *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return node
+}
+
+// runHandle lets Snapshot hand a request to an active Run.
+type runHandle struct {
+	reqs chan snapRequest
+	done chan struct{} // closed when Run returns
 }
 
 type nopLogger struct{}

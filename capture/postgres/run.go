@@ -23,18 +23,20 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 	if err != nil {
 		return fmt.Errorf("postgres source %q: %w", s.name, err)
 	}
-	reqs := make(chan snapRequest)
+	h := &runHandle{reqs: make(chan snapRequest), done: make(chan struct{})}
+	reqs := h.reqs
 	s.mu.Lock()
 	if s.running != nil {
 		s.mu.Unlock()
 		return fmt.Errorf("postgres source %q: Run is already running", s.name)
 	}
-	s.running = reqs
+	s.running = h
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		s.running = nil
 		s.mu.Unlock()
+		close(h.done)
 	}()
 
 	delay := time.Duration(0)
@@ -290,13 +292,15 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	if running != nil {
 		r := snapRequest{ctx: ctx, sink: sink, done: make(chan error, 1)}
 		select {
-		case running <- r:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		select {
-		case err := <-r.done:
-			return err
+		case running.reqs <- r:
+			select {
+			case err := <-r.done:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case <-running.done:
+			// Run ended meanwhile: take the snapshot here.
 		case <-ctx.Done():
 			return ctx.Err()
 		}

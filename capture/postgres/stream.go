@@ -744,12 +744,12 @@ func (st *streamer) keyAfter(ctx context.Context, table string, key, ref []*stri
 	for _, v := range ref {
 		args = append(args, v)
 	}
-	var after bool
+	var after *bool // NULL when a configured key column is NULL: not after
 	err := st.meta.QueryRow(ctx, "SELECT ROW("+strings.Join(l, ", ")+") > ROW("+strings.Join(r, ", ")+")", args...).Scan(&after)
 	if err != nil {
 		return false, fmt.Errorf("postgres source %q: compare keys of %s: %w", st.s.name, table, err)
 	}
-	return after, nil
+	return after != nil && *after, nil
 }
 
 // relation records a table's columns as the stream describes them from
