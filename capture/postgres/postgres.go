@@ -82,7 +82,7 @@ type Source struct {
 	tables []string
 
 	mu      sync.Mutex
-	id      string           // cached ID()
+	id      string     // cached ID()
 	running *runHandle // non-nil while Run is active
 	types   *typeCache
 }
