@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	goldap "github.com/go-ldap/ldap/v3"
@@ -255,6 +256,9 @@ type located struct {
 	dn      string
 	usn     int64
 	deleted bool
+	// changedAt is the object's whenChanged: for a tombstone, when it was
+	// deleted; the valid time of the delete.
+	changedAt time.Time
 }
 
 func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
@@ -293,11 +297,12 @@ func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
 	}
 	or := "(|" + ors.String() + ")"
 	loc := map[string]located{}
-	err := s.paged(ctx, c, c.nc, goldap.ScopeWholeSubtree, or, []string{"objectGUID", "uSNChanged", "isDeleted"},
+	err := s.paged(ctx, c, c.nc, goldap.ScopeWholeSubtree, or, []string{"objectGUID", "uSNChanged", "isDeleted", "whenChanged"},
 		[]goldap.Control{goldap.NewControlMicrosoftShowDeleted()}, func(e *goldap.Entry) error {
 			usn, _ := strconv.ParseInt(e.GetAttributeValue("uSNChanged"), 10, 64)
 			loc[string(e.GetRawAttributeValue("objectGUID"))] = located{dn: e.DN, usn: usn,
-				deleted: strings.EqualFold(e.GetAttributeValue("isDeleted"), "TRUE")}
+				deleted:   strings.EqualFold(e.GetAttributeValue("isDeleted"), "TRUE"),
+				changedAt: parseTime(e.GetRawAttributeValue("whenChanged"))}
 			return nil
 		})
 	if err != nil {
@@ -333,7 +338,7 @@ func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
 			}
 			for _, r := range s.cfg.records {
 				if err := p.em.add(ctx, capture.Change{Record: r.name, Op: capture.OpDelete, Reason: "tombstone",
-					Values: map[string]any{FieldGUID: key}, ChangeKey: ck, Position: fmt.Sprintf("usn=%d", l.usn)}); err != nil {
+					Values: map[string]any{FieldGUID: key}, ChangeKey: ck, Position: fmt.Sprintf("usn=%d", l.usn), ChangedAt: l.changedAt}); err != nil {
 					return err
 				}
 			}
@@ -345,7 +350,7 @@ func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
 			ch := capture.Change{Record: r.name, ChangeKey: ck, Position: fmt.Sprintf("usn=%d", l.usn)}
 			switch {
 			case ent == nil:
-				ch.Op, ch.Reason, ch.Values = capture.OpDelete, "moved-out-of-scope", map[string]any{FieldGUID: key}
+				ch.Op, ch.Reason, ch.Values, ch.ChangedAt = capture.OpDelete, "moved-out-of-scope", map[string]any{FieldGUID: key}, l.changedAt
 			case s.cfg.DisabledAs == "delete" && ent.disabled:
 				ch.Op, ch.Reason, ch.Values, ch.ChangedAt = capture.OpDelete, "disabled", map[string]any{FieldGUID: key}, ent.changedAt
 			default:

@@ -335,13 +335,30 @@ func (c *config) id() string {
 			domain = strings.ToLower(u.Hostname())
 		}
 	}
-	base := c.base.String()
+	base := dnText(c.base)
 	if c.Flavor == FlavorAD {
 		base = strings.ToLower(base) // AD names compare case-insensitively
 	}
 	// RFC 4516: the DN is the URL's path, percent-encoded where needed
 	// (spaces, non-ASCII); commas and '=' stay readable.
 	return "ldap://" + domain + "/" + strings.TrimPrefix((&url.URL{Path: "/" + base}).EscapedPath(), "/")
+}
+
+// dnText renders a DN per RFC 4514 with its UTF-8 text kept: attribute
+// types lower case, values escaped only where RFC 4514 requires. (go-ldap's
+// DN.String escapes every non-ASCII byte as \hh, so "Ærø" would become
+// "\c3\86r\c3\b8", and lower-casing it would not fold Æ to æ.)
+func dnText(d *goldap.DN) string {
+	rdns := make([]string, len(d.RDNs))
+	for i, rdn := range d.RDNs {
+		avas := make([]string, len(rdn.Attributes))
+		for j, a := range rdn.Attributes {
+			avas[j] = strings.ToLower(a.Type) + "=" + goldap.EscapeDN(a.Value)
+		}
+		sort.Strings(avas)
+		rdns[i] = strings.Join(avas, "+")
+	}
+	return strings.Join(rdns, ",")
 }
 
 func (c *config) errorf(hint, format string, args ...any) error {

@@ -361,6 +361,9 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 			t.Fatalf("initial load event %v (emission %s)", e, e.Emission)
 		}
 	}
+	if got, want := evs[0].raw, `"id":"ldap://example.org/ou=%C3%86r%C3%B8%20Kommune,dc=example,dc=org"`; !strings.Contains(got, want) {
+		t.Errorf("source.id: want %s in %s", want, got)
+	}
 	ue := byKey(evs, "OrganisationEnhed", "kortnavn")
 	be := byKey(evs, "Bruger", "brugernavn")
 	if len(ue) != 5 || len(be) != 20 {
@@ -460,6 +463,10 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 	checkOrgEvents(t, evs, cprs)
 	if e := wantOne(t, evs, "delete", "Bruger", id(be, "u08")); e.Reason != "deleted-in-source" || e.After != nil || e.Before["brugernavn"] != "u08" {
 		t.Errorf("deleted user: reason %q, before %v, after %v", e.Reason, e.Before, e.After)
+	} else if e.Bitemporal.VirkningKilde != "observed" {
+		// syncrepl names only the deleted entryUUID, no time: valid time is
+		// when the connector saw the deletion.
+		t.Errorf("deleted user: virkningKilde %q, want observed", e.Bitemporal.VirkningKilde)
 	}
 
 	// Nothing changed: nothing happens.
@@ -543,6 +550,9 @@ func TestADOrganisationPreset(t *testing.T) {
 	if len(evs) != 8 {
 		t.Fatalf("initial load: %d events, want 4 units and 4 users: %v", len(evs), evs)
 	}
+	if got, want := evs[0].raw, `"id":"ldap://example.test/ou=%C3%A6r%C3%B8%20kommune,dc=example,dc=test"`; !strings.Contains(got, want) {
+		t.Errorf("source.id: want %s in %s", want, got)
+	}
 	ue := map[string]orgEvent{}
 	for _, e := range evs {
 		if e.Object.Type == "OrganisationEnhed" {
@@ -616,8 +626,10 @@ func TestADOrganisationPreset(t *testing.T) {
 				t.Errorf("disabled user: %v", e)
 			}
 		case be["cec"].Object.ID:
-			if e.Operation != "delete" || e.Reason != "tombstone" {
-				t.Errorf("deleted user: %v", e)
+			// The tombstone's whenChanged is when the account was deleted.
+			if e.Operation != "delete" || e.Reason != "tombstone" || e.Bitemporal.VirkningKilde != "whenChanged" ||
+				e.SourceChangedAt == "" || e.Bitemporal.VirkningFra != e.SourceChangedAt {
+				t.Errorf("deleted user: %v, virkningFra %s (%s), sourceChangedAt %s", e, e.Bitemporal.VirkningFra, e.Bitemporal.VirkningKilde, e.SourceChangedAt)
 			}
 		default:
 			t.Errorf("unexpected event %v", e)
