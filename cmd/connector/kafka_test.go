@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -13,11 +14,15 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/os2sandbox/connector/testenv"
 )
@@ -383,7 +388,8 @@ func checkStateTopics(t *testing.T, recs []record, log []line) int {
 		partition int
 	}
 	folded := map[string]state{}
-	n := 0
+	byEvent := map[string]record{}
+	n, dups := 0, 0
 	for _, r := range recs {
 		if !r.isState() {
 			continue
@@ -399,6 +405,15 @@ func checkStateTopics(t *testing.T, recs []record, log []line) int {
 		if s, ok := folded[r.key]; ok && s.partition != r.partition {
 			t.Fatalf("state key %s on partitions %d and %d", r.key, s.partition, r.partition)
 		}
+		// Every copy of one event's state record is the same.
+		id := r.header("connector-event-id")
+		if prev, ok := byEvent[id]; ok {
+			dups++
+			if !bytes.Equal(prev.value, r.value) || !reflect.DeepEqual(prev.headers, r.headers) {
+				t.Fatalf("state record of event %s again with other content:\n%q %v\n%q %v", id, prev.value, prev.headers, r.value, r.headers)
+			}
+		}
+		byEvent[id] = r
 		folded[r.key] = state{r.value, r.header("connector-event-id"), r.header("connector-sequence"), r.partition}
 	}
 	live := 0
@@ -425,18 +440,29 @@ func checkStateTopics(t *testing.T, recs []record, log []line) int {
 			t.Fatalf("state of %s:\n got %s\nwant %v", key, s.value, l.ev.After)
 		}
 	}
-	t.Logf("state topics: %d records fold to %d keys, %d live objects", n, len(folded), live)
+	t.Logf("state topics: %d records (%d copies of an event's record before) fold to %d keys, %d live objects", n, dups, len(folded), live)
 	return live
 }
 
 func statusOf(t *testing.T, dir string) Report {
 	t.Helper()
+	rep, err := tryStatus(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// tryStatus is `connector status --json`, which may fail while the agent
+// is starting.
+func tryStatus(t *testing.T, dir string) (Report, error) {
+	t.Helper()
 	r := run(t, dir, "status", "-c", "demo.yaml", "--json")
 	var rep Report
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
-		t.Fatalf("status --json: exit %d: %v\n%s\n%s", r.code, err, r.stdout, r.stderr)
+		return rep, fmt.Errorf("status --json: exit %d: %v\n%s\n%s", r.code, err, r.stdout, r.stderr)
 	}
-	return rep
+	return rep, nil
 }
 
 func receiverOf(t *testing.T, rep Report, name string) ReceiverReport {
@@ -521,11 +547,34 @@ func TestKafkaDemo(t *testing.T) {
 // state topics that fold to the live objects.
 func TestKafkaKill9(t *testing.T) {
 	k := testenv.NewKafka(t, testenv.KafkaOptions{})
+	// A kill between Kafka's ack and the cursor's commit is what leaves a
+	// duplicate, and that window is a few milliseconds: 20 kills rarely hit
+	// it. So the broker also loses the ack of every 40th produce request
+	// after appending it (REQUEST_TIMED_OUT, as a broker whose answer was
+	// lost), and the identical-duplicates check has duplicates to check.
+	var produces atomic.Int64
+	lostAcks := k.Cluster().Fault(kfake.Fault{
+		Keys:  []kmsg.Key{kmsg.Produce},
+		Err:   kerr.RequestTimedOut,
+		Count: -1,
+		When:  func(kmsg.Request) bool { return produces.Add(1)%40 == 0 },
+	})
 	// Small batches at a capped rate keep the kafka receiver delivering
 	// for several seconds in all, so most kills land mid-delivery.
-	dir := demoDir(t, withKafka(k.Addr, "batch: 5", "rate: 150", "timeout: 3s", "retry: {initial: 50ms, max: 500ms}"))
+	//
+	// The organisation file receiver, the reference, gets batches of 20:
+	// publish/file appends a batch through a 64 KiB buffer, so a larger
+	// batch takes several write calls, and a kill between them leaves a
+	// torn line that the next run appends after (reported; TestKill9
+	// avoids it the same way, with batch 7).
+	kafka := withKafka(k.Addr, "batch: 2", "rate: 150", "timeout: 3s", "retry: {initial: 50ms, max: 500ms}")
+	dir := demoDir(t, func(s string) string {
+		return kafka(strings.Replace(s, "    start: beginning\n    classification: internal\n",
+			"    start: beginning\n    classification: internal\n    batch: 20\n", 1))
+	})
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
 	kills, midDelivery := 0, 0
+	cursor := uint64(0) // the kafka receiver's, after the last kill
 	for i := 0; kills < 20 && i < 60; i++ {
 		cmd := exec.Command(binary, "run", "-c", "demo.yaml")
 		cmd.Dir = dir
@@ -549,12 +598,24 @@ func TestKafkaKill9(t *testing.T) {
 		if strings.Contains(se.String(), "level=ERROR") {
 			t.Fatalf("agent reported an error before kill %d:\n%s", kills, se.String())
 		}
-		rep := statusOf(t, dir)
+		// A kill hit delivery when this run moved the cursor and did not
+		// reach the end (an undercount: a run killed in its first produce
+		// request moved nothing).
+		rep, err := tryStatus(t, dir)
+		if err != nil {
+			// Killed before it created the state file.
+			if _, serr := os.Stat(filepath.Join(dir, "demo-out", "state.db")); !errors.Is(serr, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+			t.Logf("kill %d after %v: no state yet", kills, after)
+			continue
+		}
 		kr := receiverOf(t, rep, "kafka")
-		if kr.Cursor < rep.LogLength {
+		if kr.Cursor > cursor && kr.Cursor < rep.LogLength {
 			midDelivery++
 		}
 		t.Logf("kill %d after %v: log %d, kafka cursor %d", kills, after, rep.LogLength, kr.Cursor)
+		cursor = kr.Cursor
 	}
 	if r := run(t, dir, "run", "--once", "-c", "demo.yaml"); r.code != 0 {
 		t.Fatalf("final run: %s", r.stderr)
@@ -570,11 +631,14 @@ func TestKafkaKill9(t *testing.T) {
 	recs := readKafka(t, k.Addr, kafkaTopics)
 	res := checkEvents(t, recs, log, rep.Installation)
 	live := checkStateTopics(t, recs, log)
-	if midDelivery < 10 {
+	if res.duplicates == 0 {
+		t.Errorf("no duplicate on Kafka although %d produce acks were lost", lostAcks.Hits())
+	}
+	if midDelivery < 8 {
 		t.Errorf("only %d of %d kills hit the kafka receiver mid-delivery; the test no longer tests what it says", midDelivery, kills)
 	}
-	t.Logf("%d kills (%d mid-delivery); %d events; %d records, %d duplicates, all identical; %d live objects",
-		kills, midDelivery, len(log), res.records, res.duplicates, live)
+	t.Logf("%d kills (%d mid-delivery), %d lost produce acks; %d events; %d records, %d duplicates, all identical; %d live objects",
+		kills, midDelivery, lostAcks.Hits(), len(log), res.records, res.duplicates, live)
 }
 
 // TestKafkaReplay re-publishes the log with `connector replay`: the same
@@ -666,8 +730,12 @@ func TestKafkaBrokerDownDoesNotBlockCapture(t *testing.T) {
 	// nothing to kafka.
 	var rep Report
 	waitUntil(t, 30*time.Second, func() (bool, string) {
-		rep = statusOf(t, dir)
-		if len(rep.Sources) == 0 || !strings.Contains(rep.Sources[0].Position, "2026-03-02") {
+		var err error
+		if rep, err = tryStatus(t, dir); err != nil {
+			return false, err.Error()
+		}
+		// The last snapshot is dated 2026-03-02, local midnight.
+		if len(rep.Sources) == 0 || rep.Sources[0].LastChange == nil || !strings.HasPrefix(rep.Sources[0].LastChange.String(), "2026-03-01T23:00:00") {
 			return false, fmt.Sprintf("source %+v", rep.Sources)
 		}
 		org, kr := receiverOf(t, rep, "organisation"), receiverOf(t, rep, "kafka")
@@ -728,4 +796,3 @@ func waitUntil(t *testing.T, timeout time.Duration, cond func() (bool, string)) 
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-
