@@ -153,6 +153,14 @@ type RowKeeper interface {
 	KeepsRows() bool
 }
 
+// ChangeTimer is a source that names where Change.ChangedAt comes from
+// ("commit-time", "whenChanged", "modifyTimestamp"); it becomes the
+// events' virkningKilde when a mapping has no valid-time field. The
+// default is "commit-time".
+type ChangeTimer interface {
+	ChangeTime() string
+}
+
 // Checker is a source that can test its connection and server settings
 // (connector check). The error says what is wrong and how to fix it.
 type Checker interface {

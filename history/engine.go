@@ -110,6 +110,20 @@ type Engine struct {
 
 	mu      sync.Mutex // serialises registration time and commits
 	lastReg time.Time
+	// counts is type → operation → events committed by this process.
+	counts map[string]map[string]int
+}
+
+// Counts returns the events registered since the engine was built, per
+// object type and operation.
+func (e *Engine) Counts() map[string]map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]map[string]int, len(e.counts))
+	for t, ops := range e.counts {
+		out[t] = maps.Clone(ops)
+	}
+	return out
 }
 
 // New returns an engine over db.
@@ -243,6 +257,23 @@ type batchCtx struct {
 	// quarantined counts this batch's quarantined changes; only the first
 	// few are logged one by one.
 	quarantined int
+	// counts is type → operation → events of this batch.
+	counts map[string]map[string]int
+}
+
+// committed adds a committed batch's counts; call with e.mu held.
+func (e *Engine) committed(counts map[string]map[string]int) {
+	if e.counts == nil {
+		e.counts = map[string]map[string]int{}
+	}
+	for t, ops := range counts {
+		if e.counts[t] == nil {
+			e.counts[t] = map[string]int{}
+		}
+		for op, n := range ops {
+			e.counts[t][op] += n
+		}
+	}
 }
 
 const quarantineLogLimit = 5
@@ -280,10 +311,7 @@ func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
 	hash := ContentHash(c.obj.Fields)
 	virkFra, kilde := c.obj.ValidFrom, c.obj.ValidSource
 	if virkFra.IsZero() {
-		virkFra, kilde = c.changedAt, bc.src.ChangeTime
-		if virkFra.IsZero() {
-			kilde = "observed"
-		}
+		virkFra, kilde = changeTime(img, c.changedAt, bc.src.ChangeTime)
 	}
 	op, kind, reason := OpCreate, KindAendring, ""
 	switch {
@@ -328,14 +356,26 @@ func (e *Engine) remove(bc *batchCtx, m *mapping.Mapping, img *Image, c change) 
 			reason = ReasonReconciliationMissing
 		}
 	}
-	virkFra, kilde := c.changedAt, bc.src.ChangeTime
-	if virkFra.IsZero() {
-		kilde = "observed"
-	}
+	virkFra, kilde := changeTime(img, c.changedAt, bc.src.ChangeTime)
 	return e.register(bc, m, img, c, registration{
 		op: OpDelete, kind: KindAendring, reason: reason, hash: img.Hash,
 		virkFra: virkFra, kilde: kilde, deleted: true,
 	})
+}
+
+// changeTime is the valid time of a change that has no valid-time field:
+// the source's change time, kept strictly after the object's previous
+// valid time. Sources stamp whole seconds (whenChanged, modifyTimestamp), so
+// two changes in one second would otherwise make the second a correction
+// of the first, which it is not.
+func changeTime(img *Image, changedAt time.Time, kilde string) (time.Time, string) {
+	if changedAt.IsZero() {
+		return time.Time{}, "observed" // register uses the registration time
+	}
+	if img != nil && !changedAt.After(img.VirkFra.Time) {
+		changedAt = img.VirkFra.Add(time.Microsecond)
+	}
+	return changedAt, kilde
 }
 
 type registration struct {
@@ -488,6 +528,13 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 	}
 	bc.events++
 	bc.ss.Events++
+	if bc.counts == nil {
+		bc.counts = map[string]map[string]int{}
+	}
+	if bc.counts[typ] == nil {
+		bc.counts[typ] = map[string]int{}
+	}
+	bc.counts[typ][r.op]++
 	if !c.changedAt.IsZero() {
 		bc.ss.LastChange = Ptr(c.changedAt)
 	}
@@ -581,6 +628,7 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 	defer e.mu.Unlock()
 	var last uint64
 	var n int
+	var counts map[string]map[string]int
 	err := e.db.Update(func(tx *state.Tx) error {
 		bc, err := e.begin(tx, &s.src, b.TransactionID)
 		if err != nil {
@@ -601,12 +649,13 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 			bc.ss.Position = b.Changes[len(b.Changes)-1].Position
 		}
 		bc.ss.LastApplied = Ptr(e.opt.Clock())
-		last, n = bc.seq, bc.events
+		last, n, counts = bc.seq, bc.events, bc.counts
 		return SaveSource(tx, s.src.Name, *bc.ss)
 	})
 	if err != nil {
 		return fmt.Errorf("source %q: commit batch: %w", s.src.Name, err)
 	}
+	e.committed(counts)
 	if n > 0 && e.opt.Committed != nil {
 		e.opt.Committed(last)
 	}

@@ -394,6 +394,7 @@ func (s *Sink) finish(ctx context.Context) error {
 		var done bool
 		var last uint64
 		var n int
+		var counts map[string]map[string]int
 		e.mu.Lock()
 		err := e.db.Update(func(tx *state.Tx) error {
 			st, err := tx.Staging(s.src.Name, false)
@@ -427,7 +428,7 @@ func (s *Sink) finish(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			last, n = bc.seq, bc.events
+			last, n, counts = bc.seq, bc.events, bc.counts
 			if meta.Phase == "" {
 				// Finished: the run's checkpoint becomes the source's.
 				done = true
@@ -444,6 +445,9 @@ func (s *Sink) finish(ctx context.Context) error {
 			}
 			return SaveSource(tx, s.src.Name, *bc.ss)
 		})
+		if err == nil {
+			e.committed(counts)
+		}
 		e.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("source %q: apply snapshot: %w", s.src.Name, err)

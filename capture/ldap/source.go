@@ -59,6 +59,13 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if opts.Name != "" {
 		cfg.Name = opts.Name
 	}
+	if opts.Log != nil && cfg.BindDN != "" && !cfg.TLS.StartTLS {
+		for _, u := range cfg.urls {
+			if strings.HasPrefix(strings.ToLower(u), "ldap://") {
+				opts.Log.Warn("the bind password travels unencrypted; use ldaps:// or tls.start_tls: true", "source", cfg.Name, "url", u)
+			}
+		}
+	}
 	if cfg.Name == "" {
 		cfg.Name = "ldap"
 	}
@@ -480,3 +487,11 @@ func (s *Source) Check(ctx context.Context) error {
 // detection compares the stored dn (State.Row), and a container's change
 // then need not re-read its whole subtree.
 func (s *Source) KeepsRows() bool { return true }
+
+// ChangeTime names the attribute change times come from.
+func (s *Source) ChangeTime() string {
+	if s.cfg.Flavor == FlavorLDAP {
+		return "modifyTimestamp"
+	}
+	return "whenChanged"
+}

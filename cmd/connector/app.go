@@ -128,8 +128,8 @@ func load(path string, opt loadOptions) (*app, error) {
 			if rk, ok := src.(capture.RowKeeper); ok {
 				se.info.KeepRows = rk.KeepsRows()
 			}
-			if e.Type == "ldap" {
-				se.info.ChangeTime = "whenChanged"
+			if ct, ok := src.(capture.ChangeTimer); ok {
+				se.info.ChangeTime = ct.ChangeTime()
 			}
 		}
 		a.sources = append(a.sources, se)
@@ -212,7 +212,9 @@ func (a *app) close() {
 // buildReceiver instantiates a receiver adapter.
 func (a *app) buildReceiver(re *receiverEntry) (publish.Receiver, error) {
 	f, _ := publish.Lookup(re.Type)
-	inst := ""
+	// `check` builds receivers without opening the state, which may not
+	// exist yet: the nil UUID stands in for the installation id there.
+	inst := "00000000-0000-0000-0000-000000000000"
 	if a.db != nil {
 		inst = a.db.Installation()
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -82,9 +81,6 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 		return err
 	}
 	a.engine = engine
-	var startSeq uint64
-	_ = a.db.View(func(tx *state.Tx) error { startSeq = publish.LastSequence(tx); return nil })
-
 	stopControl, err := a.serveControl(ctx, d)
 	if err != nil {
 		return err
@@ -127,9 +123,7 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 		}
 	}
 	if once {
-		if err := a.summary(out, startSeq); err != nil {
-			return err
-		}
+		a.summary(out)
 	}
 	a.log.Info("agent stopped")
 	return errors.Join(srcErr, dispErr)
@@ -194,35 +188,17 @@ func (a *app) sourceState(name string) (history.SourceState, error) {
 	return ss, err
 }
 
-// summary prints the events this run appended, per type and operation.
-func (a *app) summary(out io.Writer, from uint64) error {
-	counts := map[string]map[string]int{}
+// summary prints the events this process committed, per type and operation.
+func (a *app) summary(out io.Writer) {
+	counts := a.engine.Counts()
 	total := 0
-	err := a.db.View(func(tx *state.Tx) error {
-		return tx.ScanFrom(state.Log, nil, state.U64(from+1), func(_, v []byte) error {
-			var ev struct {
-				Operation string `json:"operation"`
-				Object    struct {
-					Type string `json:"type"`
-				} `json:"object"`
-			}
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return err
-			}
-			if counts[ev.Object.Type] == nil {
-				counts[ev.Object.Type] = map[string]int{}
-			}
-			counts[ev.Object.Type][ev.Operation]++
-			total++
-			return nil
-		})
-	})
-	if err != nil {
-		return err
+	for _, ops := range counts {
+		for _, n := range ops {
+			total += n
+		}
 	}
 	fmt.Fprintf(out, "events this run: %d\n", total)
 	printCounts(out, counts)
-	return nil
 }
 
 func printCounts(out io.Writer, counts map[string]map[string]int) {

@@ -71,14 +71,10 @@ func (a *app) snapshot(ctx context.Context, out io.Writer, s *sourceEntry, sn ca
 		printDryRun(out, s.Name, &d)
 		return nil
 	}
-	var before uint64
-	_ = a.db.View(func(tx *state.Tx) error { before = publish.LastSequence(tx); return nil })
 	if err := sn.Snapshot(ctx, sink.ForReconcile()); err != nil {
 		return err
 	}
-	if err := a.summary(out, before); err != nil {
-		return err
-	}
+	a.summary(out)
 	fmt.Fprintf(out, "snapshot of %s applied in %s\n", s.Name, time.Since(start).Round(time.Millisecond))
 	return nil
 }
