@@ -584,3 +584,25 @@ func TestTableAddedLater(t *testing.T) {
 		t.Fatalf("first batch after adding a table: %+v epoch %q", b.Snapshot, b.EpochBreak)
 	}
 }
+
+// A checkpoint from another cluster (a restore, a replaced server) is a
+// gap: the system identifier is compared at every start.
+func TestOtherSystemIdentifier(t *testing.T) {
+	e := newEnv(t, seedTables(10, "sid")...)
+	src, _ := e.source("tables: [public.sid]")
+	sink := newSink(map[string][]string{"public.sid": {"id"}})
+	r := start(t, src, sink, nil)
+	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.sid")) == 10 })
+	r.stop()
+	e.waitInactive(src.cfg.Slot)
+	cp, _ := decodeCheckpoint(sink.checkpoint())
+	cp.SystemID = "7000000000000000001"
+	n := len(sink.all())
+	e.exec("UPDATE sid SET v = -1 WHERE id = 3")
+	src2, _ := e.source("tables: [public.sid]")
+	start(t, src2, sink, cp.encode())
+	converged(t, e, src2, sink, []string{"public.sid"}, 20*time.Second)
+	if b := sink.all()[n]; !strings.Contains(b.EpochBreak, "system identifier") || b.Snapshot == nil || b.Snapshot.Initial {
+		t.Fatalf("first batch: epoch %q snapshot %+v", b.EpochBreak, b.Snapshot)
+	}
+}

@@ -260,11 +260,23 @@ func (s *Source) readChunk(ctx context.Context, c *pgx.Conn, t *tableInfo, after
 	for rr.NextRow() {
 		vals := rr.Values()
 		row := make(map[string]any, len(vals))
+		n := 0
+		for _, v := range vals {
+			n += len(v)
+		}
+		var sb strings.Builder
+		sb.Grow(n)
+		for _, v := range vals {
+			sb.Write(v)
+		}
+		all, off := sb.String(), 0
 		for i, v := range vals {
+			text := all[off : off+len(v)]
+			off += len(v)
 			if v == nil {
 				row[t.Columns[i].Name] = nil
 			} else {
-				row[t.Columns[i].Name] = decs[i](v)
+				row[t.Columns[i].Name] = decs[i](text)
 			}
 		}
 		last = make([]*string, len(keyIdx))

@@ -79,7 +79,6 @@ type txState struct {
 	commit    pglogrepl.LSN
 	commitStr string
 	xid       uint32
-	xidStr    string
 	at        time.Time
 	idx       int // index of the next change in the transaction
 	skipBelow int // changes already durable (resumed transaction)
@@ -386,7 +385,7 @@ func (st *streamer) handle(ctx context.Context, xld pglogrepl.XLogData) error {
 			}
 			return errStop
 		}
-		st.tx = &txState{commit: m.FinalLSN, commitStr: m.FinalLSN.String(), xid: m.Xid, xidStr: strconv.FormatUint(uint64(m.Xid), 10), at: m.CommitTime.UTC()}
+		st.tx = &txState{commit: m.FinalLSN, commitStr: m.FinalLSN.String(), xid: m.Xid, at: m.CommitTime.UTC()}
 		if st.cp.Tx != nil && mustLSN(st.cp.Tx.Commit) == m.FinalLSN {
 			st.tx.skipBelow = st.cp.Tx.Next
 		}
@@ -497,7 +496,7 @@ func (st *streamer) change(ctx context.Context, relID uint32, build func(*relati
 	}
 	c.ChangedAt = tx.at
 	c.ChangeKey = tx.commitStr + ":" + strconv.Itoa(idx)
-	c.Position = c.ChangeKey + " xid " + tx.xidStr
+	c.Position = c.ChangeKey
 	st.batch = append(st.batch, *c)
 	if len(st.batch) >= st.s.cfg.BatchSize {
 		// A large transaction goes in several batches; the checkpoint
@@ -523,7 +522,21 @@ func (st *streamer) values(rel *relation, tup *pglogrepl.TupleData, keyOnly bool
 	if tup == nil {
 		return vals, nil
 	}
+	// One string holds every column's text; values are substrings of it
+	// (one allocation per row instead of one per column).
+	n := 0
+	for _, col := range tup.Columns {
+		n += len(col.Data)
+	}
+	var sb strings.Builder
+	sb.Grow(n)
+	for _, col := range tup.Columns {
+		sb.Write(col.Data)
+	}
+	all, off := sb.String(), 0
 	for i, col := range tup.Columns {
+		text := all[off : off+len(col.Data)]
+		off += len(col.Data)
 		if i >= len(rel.cols) {
 			break
 		}
@@ -536,10 +549,8 @@ func (st *streamer) values(rel *relation, tup *pglogrepl.TupleData, keyOnly bool
 			vals[rc.name] = nil
 		case pglogrepl.TupleDataTypeToast:
 			unch = append(unch, rc.name)
-		case pglogrepl.TupleDataTypeText:
-			vals[rc.name] = rc.dec(col.Data)
-		default: // binary: not requested; keep something readable
-			vals[rc.name] = string(col.Data)
+		default: // text; binary is not requested
+			vals[rc.name] = rc.dec(text)
 		}
 	}
 	return vals, unch
@@ -553,7 +564,7 @@ func fillUnchanged(rel *relation, old *pglogrepl.TupleData, vals map[string]any,
 			if rc.name == name && i < len(old.Columns) {
 				switch old.Columns[i].DataType {
 				case pglogrepl.TupleDataTypeText:
-					vals[name] = rc.dec(old.Columns[i].Data)
+					vals[name] = rc.dec(string(old.Columns[i].Data))
 					filled = true
 				case pglogrepl.TupleDataTypeNull:
 					vals[name] = nil
@@ -596,7 +607,7 @@ func (st *streamer) keyValues(rel *relation, tup *pglogrepl.TupleData) map[strin
 	for _, j := range rel.key {
 		col := tup.Columns[j]
 		if col.DataType == pglogrepl.TupleDataTypeText {
-			out[rel.cols[j].name] = rel.cols[j].dec(col.Data)
+			out[rel.cols[j].name] = rel.cols[j].dec(string(col.Data))
 		} else {
 			out[rel.cols[j].name] = nil
 		}

@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -18,7 +17,7 @@ import (
 // decodeFunc turns a value's text form (as the type's output function
 // writes it under sessionParams) into a JSON-friendly Go value. It never
 // fails: what it cannot read stays its text.
-type decodeFunc func(text []byte) any
+type decodeFunc func(text string) any
 
 // typeCache resolves type OIDs to decoders. Built-in types come from pgx's
 // type map; others (domains, enums, arrays of them, extension types) from
@@ -141,24 +140,23 @@ func builtin(oid uint32) decodeFunc {
 	return nil
 }
 
-func decodeText(b []byte) any { return string(b) }
+func decodeText(s string) any { return s }
 
-func decodeBool(b []byte) any {
-	switch string(b) {
+func decodeBool(s string) any {
+	switch s {
 	case "t", "true":
 		return true
 	case "f", "false":
 		return false
 	}
-	return string(b)
+	return s
 }
 
-func decodeInt(b []byte) any { return json.Number(string(b)) }
+func decodeInt(s string) any { return json.Number(s) }
 
 // decodeNumber keeps numerics exact; NaN and infinities are not JSON
 // numbers and stay strings.
-func decodeNumber(b []byte) any {
-	s := string(b)
+func decodeNumber(s string) any {
 	switch s {
 	case "NaN", "Infinity", "-Infinity", "inf", "-inf":
 		return s
@@ -168,76 +166,75 @@ func decodeNumber(b []byte) any {
 
 const tsLayout = "2006-01-02T15:04:05.000000Z"
 
-func decodeTimestamptz(b []byte) any {
+func decodeTimestamptz(b string) any {
 	// Fast path: under TimeZone=UTC the text is "2006-01-02 15:04:05[.f]+00".
-	if n := len(b); n >= 22 && string(b[n-3:]) == "+00" {
+	if n := len(b); n >= 22 && b[n-3:] == "+00" {
 		if s, ok := isoTimestamp(b[:n-3], "Z"); ok {
 			return s
 		}
 	}
 	var ts pgtype.Timestamptz
-	if err := ts.Scan(string(b)); err != nil || !ts.Valid || ts.InfinityModifier != pgtype.Finite {
-		return string(b) // infinity, BC or out of Go's range: the text form
+	if err := ts.Scan(b); err != nil || !ts.Valid || ts.InfinityModifier != pgtype.Finite {
+		return b // infinity, or out of Go's range: the text form
 	}
 	return ts.Time.UTC().Format(tsLayout)
 }
 
 // decodeTimestamp writes a timestamp without time zone without an offset:
 // the column does not say which zone it means.
-func decodeTimestamp(b []byte) any {
+func decodeTimestamp(b string) any {
 	if s, ok := isoTimestamp(b, ""); ok {
 		return s
 	}
 	var ts pgtype.Timestamp
-	if err := ts.Scan(string(b)); err != nil || !ts.Valid || ts.InfinityModifier != pgtype.Finite {
-		return string(b)
+	if err := ts.Scan(b); err != nil || !ts.Valid || ts.InfinityModifier != pgtype.Finite {
+		return b
 	}
 	return ts.Time.Format("2006-01-02T15:04:05.000000")
 }
 
-func decodeJSON(b []byte) any {
-	d := json.NewDecoder(bytes.NewReader(b))
+func decodeJSON(b string) any {
+	d := json.NewDecoder(strings.NewReader(b))
 	d.UseNumber()
 	var v any
 	if err := d.Decode(&v); err != nil {
-		return string(b)
+		return b
 	}
 	return v
 }
 
-func decodeBytea(b []byte) any {
-	if bytes.HasPrefix(b, []byte(`\x`)) {
-		raw := make([]byte, hex.DecodedLen(len(b)-2))
-		if _, err := hex.Decode(raw, b[2:]); err == nil {
+func decodeBytea(b string) any {
+	if strings.HasPrefix(b, `\x`) {
+		if raw, err := hex.DecodeString(b[2:]); err == nil {
 			return base64.StdEncoding.EncodeToString(raw)
 		}
 	}
-	return string(b)
+	return b
 }
 
 // arrayDecoder reads PostgreSQL's array literal ({a,"b c",NULL,{1,2}}) into
 // nested []any. Explicit lower bounds ("[0:1]={...}") are dropped.
 func arrayDecoder(elem decodeFunc, delim byte) decodeFunc {
-	return func(b []byte) any {
+	return func(b string) any {
 		s := b
 		if len(s) > 0 && s[0] == '[' {
-			i := bytes.IndexByte(s, '=')
+			i := strings.IndexByte(s, '=')
 			if i < 0 {
-				return string(b)
+				return b
 			}
 			s = s[i+1:]
 		}
 		p := arrayParser{s: s, delim: delim, elem: elem}
 		v, err := p.parse()
-		if err != nil || strings.TrimSpace(string(p.s[p.i:])) != "" {
-			return string(b)
+		if err != nil || strings.TrimSpace(p.s[p.i:]) != "" {
+			return b
 		}
 		return v
 	}
 }
 
 type arrayParser struct {
-	s     []byte
+	s     string
 	i     int
 	delim byte
 	elem  decodeFunc
@@ -294,14 +291,14 @@ func (p *arrayParser) parse() ([]any, error) {
 				}
 				buf = append(buf, c)
 			}
-			out = append(out, p.elem(buf))
+			out = append(out, p.elem(string(buf)))
 		default:
 			start := p.i
 			for p.i < len(p.s) && p.s[p.i] != p.delim && p.s[p.i] != '}' {
 				p.i++
 			}
-			tok := bytes.TrimSpace(p.s[start:p.i])
-			if strings.EqualFold(string(tok), "NULL") {
+			tok := strings.TrimSpace(p.s[start:p.i])
+			if strings.EqualFold(tok, "NULL") {
 				out = append(out, nil)
 			} else {
 				out = append(out, p.elem(tok))
@@ -326,7 +323,7 @@ func (p *arrayParser) parse() ([]any, error) {
 // isoTimestamp rewrites "2006-01-02 15:04:05[.ffffff]" as
 // "2006-01-02T15:04:05.ffffff"+zone without parsing; ok is false for any
 // other shape (BC, years past 9999, infinity), which the slow path handles.
-func isoTimestamp(b []byte, zone string) (string, bool) {
+func isoTimestamp(b string, zone string) (string, bool) {
 	if len(b) < 19 || len(b) > 26 || b[4] != '-' || b[7] != '-' || b[10] != ' ' || b[13] != ':' || b[16] != ':' {
 		return "", false
 	}

@@ -53,7 +53,7 @@ func TestDecodeBuiltin(t *testing.T) {
 		{99999999, "unknown type text", "unknown type text"},
 	}
 	for _, tt := range tests {
-		got := c.decoder(ctx, nil, tt.oid)([]byte(tt.text))
+		got := c.decoder(ctx, nil, tt.oid)(tt.text)
 		if !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("oid %d %q: got %#v, want %#v", tt.oid, tt.text, got, tt.want)
 		}
