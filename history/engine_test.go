@@ -511,3 +511,24 @@ func copyFile(t *testing.T, from, to string) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestTypeOrder(t *testing.T) {
+	cfg := func(typ string, rel ...string) mapping.Config {
+		c := mapping.Config{Type: typ, Source: "src", Record: typ, ID: mapping.Field{From: "id"}, Fields: map[string]mapping.Field{"x": {From: "x"}}}
+		for i, r := range rel {
+			c.Fields[fmt.Sprintf("r%d", i)] = mapping.Field{From: "p", Relation: r}
+		}
+		return c
+	}
+	// Bruger → Enhed → Kommune, Enhed → Enhed (self), Rolle → Bruger.
+	set, _, err := mapping.NewSet([]mapping.Config{
+		cfg("Rolle", "Bruger"), cfg("Bruger", "Enhed"), cfg("Enhed", "Enhed", "Kommune"), cfg("Kommune"),
+	}, map[string]bool{"src": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := history.TypeOrder(set, []string{"Rolle", "Bruger", "Enhed", "Kommune"})
+	if fmt.Sprint(got) != "[Kommune Enhed Bruger Rolle]" {
+		t.Fatalf("relation order: %v", got)
+	}
+}

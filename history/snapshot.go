@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -44,6 +45,7 @@ type runMeta struct {
 	Phase      string   `json:"phase"`
 	TxID       string   `json:"txid"`
 	Cursor     []byte   `json:"cursor,omitempty"`
+	TypeIdx    int      `json:"typeIdx,omitempty"`
 	Checkpoint []byte   `json:"checkpoint,omitempty"`
 	ChangedAt  *Time    `json:"changedAt,omitempty"`
 	Seen       int      `json:"seen"`
@@ -463,74 +465,131 @@ func (s *Sink) finish(ctx context.Context) error {
 
 func (s *Sink) applyChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
 	e := s.e
-	from := []byte("o")
-	if meta.Cursor != nil {
-		from = meta.Cursor
-	}
+	// Types go in relation order (a unit before the users that point at
+	// it), so a receiver that checks references on arrival sees the
+	// target first. The cursor is the type's index and the next key.
+	types := TypeOrder(e.maps, e.maps.TypesOf(s.src.Name, meta.Records))
 	n := 0
-	var next []byte
-	err := st.Scan([]byte("o"), from, func(k, v []byte) error {
-		if n == e.opt.ChunkSize {
-			next = bytes.Clone(k)
-			return state.ErrStop
+	for meta.TypeIdx < len(types) {
+		typ := types[meta.TypeIdx]
+		prefix := append([]byte("o"), state.Key(typ, "")...)
+		from := prefix
+		if meta.Cursor != nil {
+			from = meta.Cursor
 		}
-		n++
-		if len(v) == 0 || v[0] != 'c' {
+		var next []byte
+		err := st.Scan(prefix, from, func(k, v []byte) error {
+			if n == e.opt.ChunkSize {
+				next = bytes.Clone(k)
+				return state.ErrStop
+			}
+			n++
+			if len(v) == 0 || v[0] != 'c' {
+				return nil
+			}
+			var so stagedObj
+			if err := json.Unmarshal(v[1:], &so); err != nil {
+				return fmt.Errorf("%w: staged object %q: %v", state.ErrCorrupt, k, err)
+			}
+			obj := mapping.Object{Type: typ, ID: string(k[len(prefix):]), Keys: so.Keys, Fields: so.Fields, ValidSource: so.ValidSource}
+			if so.ValidFrom != nil {
+				obj.ValidFrom = so.ValidFrom.Time
+			}
+			if so.ValidTo != nil {
+				t := so.ValidTo.Time
+				obj.ValidTo = &t
+			}
+			c := change{rec: so.Record, obj: obj, row: so.Row, position: so.Position}
+			if so.ChangedAt != nil {
+				c.changedAt = so.ChangedAt.Time
+			}
+			return e.upsert(bc, e.maps.Type(typ), c)
+		})
+		if err != nil {
+			return err
+		}
+		if next != nil {
+			meta.Cursor = next
 			return nil
 		}
-		var so stagedObj
-		if err := json.Unmarshal(v[1:], &so); err != nil {
-			return fmt.Errorf("%w: staged object %q: %v", state.ErrCorrupt, k, err)
-		}
-		typ, id, _ := bytes.Cut(k[1:], []byte{0})
-		m := e.maps.Type(string(typ))
-		obj := mapping.Object{Type: string(typ), ID: string(id), Keys: so.Keys, Fields: so.Fields, ValidSource: so.ValidSource}
-		if so.ValidFrom != nil {
-			obj.ValidFrom = so.ValidFrom.Time
-		}
-		if so.ValidTo != nil {
-			t := so.ValidTo.Time
-			obj.ValidTo = &t
-		}
-		c := change{rec: so.Record, obj: obj, row: so.Row, position: so.Position}
-		if so.ChangedAt != nil {
-			c.changedAt = so.ChangedAt.Time
-		}
-		return e.upsert(bc, m, c)
-	})
-	if err != nil {
-		return err
+		meta.TypeIdx++
+		meta.Cursor = nil
 	}
-	if next != nil {
-		meta.Cursor = next
-		return nil
-	}
-	meta.Phase, meta.Cursor = phaseDeleting, nil
+	meta.Phase, meta.Cursor, meta.TypeIdx = phaseDeleting, nil, 0
 	return nil
+}
+
+// TypeOrder sorts types so that a type comes after the types its
+// relations point to (self-relations aside); a cycle falls back to name
+// order for the types in it.
+func TypeOrder(maps *mapping.Set, types []string) []string {
+	in := map[string]bool{}
+	for _, t := range types {
+		in[t] = true
+	}
+	deps := map[string][]string{}
+	for _, t := range types {
+		if m := maps.Type(t); m != nil {
+			for _, target := range m.Relations() {
+				if target != t && in[target] {
+					deps[t] = append(deps[t], target)
+				}
+			}
+		}
+	}
+	sorted := append([]string(nil), types...)
+	sort.Strings(sorted)
+	var out []string
+	done := map[string]bool{}
+	for len(out) < len(sorted) {
+		progress := false
+		for _, t := range sorted {
+			if done[t] {
+				continue
+			}
+			ready := true
+			for _, d := range deps[t] {
+				if !done[d] {
+					ready = false
+				}
+			}
+			if ready {
+				out, done[t], progress = append(out, t), true, true
+			}
+		}
+		if !progress { // a cycle: take the first remaining by name
+			for _, t := range sorted {
+				if !done[t] {
+					out, done[t] = append(out, t), true
+					break
+				}
+			}
+		}
+	}
+	return out
 }
 
 // deleteChunk deletes, a chunk at a time, live objects the run did not see.
 func (s *Sink) deleteChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
 	e := s.e
-	types := e.maps.TypesOf(s.src.Name, meta.Records)
-	sort.Strings(types)
-	// Cursor is type \x00 id of the next object to look at.
+	// Children before parents: the reverse of the apply order.
+	types := TypeOrder(e.maps, e.maps.TypesOf(s.src.Name, meta.Records))
+	slices.Reverse(types)
+	// Cursor is the type's index and the image key of the next object.
 	type victim struct {
 		typ, id string
 		img     *Image
 	}
 	var victims []victim
 	var next []byte
-	for _, typ := range types {
-		if meta.Cursor != nil && string(typ) < string(bytes.SplitN(meta.Cursor, []byte{0}, 2)[0]) {
-			continue
-		}
+	seen := 0
+	for ; meta.TypeIdx < len(types); meta.TypeIdx, meta.Cursor = meta.TypeIdx+1, nil {
+		typ := types[meta.TypeIdx]
 		prefix := state.Key(typ, "")
 		from := prefix
-		if meta.Cursor != nil && bytes.HasPrefix(meta.Cursor, prefix) {
+		if meta.Cursor != nil {
 			from = meta.Cursor
 		}
-		seen := 0
 		err := bc.tx.ScanFrom(state.Images, prefix, from, func(k, v []byte) error {
 			if seen == e.opt.ChunkSize {
 				next = bytes.Clone(k)

@@ -175,6 +175,11 @@ func TestDemoEventsMatchSchema(t *testing.T) {
 			ops[l.ev.Operation]++
 		}
 	}
+	// Units come before the users that point at them.
+	if internal[0].ev.Object.Type != "OrganisationEnhed" || internal[52].ev.Object.Type != "OrganisationEnhed" || internal[53].ev.Object.Type != "Bruger" {
+		t.Errorf("the initial load must emit the 53 units before the users: %s, %s, %s",
+			internal[0].ev.Object.Type, internal[52].ev.Object.Type, internal[53].ev.Object.Type)
+	}
 	for _, op := range []string{"snapshot", "create", "update", "delete", "undelete"} {
 		if ops[op] == 0 {
 			t.Errorf("the demo has no %s event", op)
