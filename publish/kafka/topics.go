@@ -54,6 +54,15 @@ func (r *Receiver) ensureTopic(ctx context.Context, topic string, state bool) (i
 		return n, nil
 	}
 	if !errors.Is(err, kafkago.UnknownTopicOrPartition) {
+		var kerr kafkago.Error
+		if !errors.As(err, &kerr) {
+			// Not the brokers' answer: kafka-go keeps the error of a
+			// transport's first, failed metadata fetch (brokers down when
+			// the agent started) as the answer to every metadata request
+			// until its periodic refresh, up to 6 s after they are back.
+			// A new transport asks again on the next attempt.
+			r.reconnect()
+		}
 		return 0, r.topicError(topic, "read metadata of", err)
 	}
 	// The transport's metadata is a cache; ask the brokers before deciding
