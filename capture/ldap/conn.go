@@ -28,9 +28,6 @@ type conn struct {
 	dsService    string // its NTDS Settings DN
 	highestUSN   int64
 
-	// OpenLDAP
-	contextCSN []string
-
 	controls map[string]bool
 	vendor   string
 	stop     func() bool

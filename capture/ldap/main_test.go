@@ -342,13 +342,6 @@ func (d dirOps) del(dn string) {
 	}
 }
 
-func (d dirOps) delTree(dn string) {
-	d.t.Helper()
-	if err := d.c.Del(goldap.NewDelRequest(dn, []goldap.Control{goldap.NewControlSubtreeDelete()})); err != nil {
-		d.t.Fatalf("delete tree %s: %v", dn, err)
-	}
-}
-
 // wantEvents compares events ignoring order.
 func wantEvents(t testing.TB, got []event, want ...event) {
 	t.Helper()

@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -35,7 +34,6 @@ type Config struct {
 type Receiver struct {
 	f     *os.File
 	w     *bufio.Writer
-	out   io.Writer
 	fsync bool
 	path  string
 }

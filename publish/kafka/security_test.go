@@ -125,12 +125,11 @@ func TestSASLAuthenticationFailed(t *testing.T) {
 // pki is a throwaway CA with a server certificate for 127.0.0.1 and a
 // client certificate, written as PEM files.
 type pki struct {
-	dir                         string
-	caFile, certFile, keyFile   string // client side
-	otherCA                     string // a CA that signed nothing here
-	server                      tls.Certificate
-	pool                        *x509.CertPool
-	clientCert, clientKeyPEMRaw []byte
+	dir                       string
+	caFile, certFile, keyFile string // client side
+	otherCA                   string // a CA that signed nothing here
+	server                    tls.Certificate
+	pool                      *x509.CertPool
 }
 
 func newPKI(t *testing.T) *pki {

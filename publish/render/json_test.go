@@ -55,7 +55,7 @@ func genValue(depth int) *rapid.Generator[any] {
 		case 2:
 			return rapid.Bool().Draw(t, "b")
 		case 3:
-			return rapid.OneOf(rapid.Float64(), rapid.SampledFrom([]float64{0, -0.0, 1e-7, 1e21, 123456789, 1.5e300, -2.5e-300, 0.1})).Draw(t, "f")
+			return rapid.OneOf(rapid.Float64(), rapid.SampledFrom([]float64{0, math.Copysign(0, -1), 1e-7, 1e21, 123456789, 1.5e300, -2.5e-300, 0.1})).Draw(t, "f")
 		case 4:
 			return rapid.Int().Draw(t, "i")
 		case 5:
