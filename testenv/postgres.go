@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -92,7 +91,7 @@ func StartPostgres(opts PostgresOptions) (*Postgres, error) {
 		return fail(err)
 	}
 	for attempt := 0; ; attempt++ {
-		if p.Port, err = pgFreePort(); err != nil {
+		if p.Port, err = freePort(); err != nil {
 			return fail(err)
 		}
 		if err = p.writePort(); err != nil {
@@ -320,14 +319,6 @@ func pgCredential(name string) (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
-func pgFreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("testenv: no free loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
 
 func pgAppend(file, s string) error {
 	f, err := os.OpenFile(file, os.O_APPEND|os.O_WRONLY, 0)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -120,7 +119,7 @@ syncprov-sessionlog %[5]d
 		args = append(args, "-u", "openldap", "-g", "openldap")
 	}
 	for attempt := 0; ; attempt++ {
-		port, err := dirFreePort()
+		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
@@ -214,15 +213,6 @@ func (s *Slapd) Stop() {
 	os.RemoveAll(s.Dir)
 }
 
-// dirFreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func dirFreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("testenv: no free loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
 
 // dirChown gives dir and everything below it to the named system user.
 func dirChown(dir, name string) error {

@@ -229,29 +229,24 @@ func (a *app) buildReceiver(re *receiverEntry) (publish.Receiver, error) {
 }
 
 func (a *app) source(name string) (*sourceEntry, error) {
-	for _, s := range a.sources {
-		if s.Name == name {
-			return s, nil
-		}
-	}
-	var names []string
-	for _, s := range a.sources {
-		names = append(names, s.Name)
-	}
-	return nil, &configs.Error{File: a.cfg.Path, Msg: fmt.Sprintf("no source named %q", name), Hint: "configured: " + strings.Join(names, ", ")}
+	return byName(a, "source", name, a.sources, func(s *sourceEntry) string { return s.Name })
 }
 
 func (a *app) receiver(name string) (*receiverEntry, error) {
-	for _, r := range a.receivers {
-		if r.Name == name {
-			return r, nil
-		}
-	}
+	return byName(a, "receiver", name, a.receivers, func(r *receiverEntry) string { return r.Name })
+}
+
+// byName finds a configured source or receiver; the error lists the names.
+func byName[T any](a *app, kind, name string, list []T, nameOf func(T) string) (T, error) {
 	var names []string
-	for _, r := range a.receivers {
-		names = append(names, r.Name)
+	for _, x := range list {
+		if nameOf(x) == name {
+			return x, nil
+		}
+		names = append(names, nameOf(x))
 	}
-	return nil, &configs.Error{File: a.cfg.Path, Msg: fmt.Sprintf("no receiver named %q", name), Hint: "configured: " + strings.Join(names, ", ")}
+	var zero T
+	return zero, &configs.Error{File: a.cfg.Path, Msg: fmt.Sprintf("no %s named %q", kind, name), Hint: "configured: " + strings.Join(names, ", ")}
 }
 
 // stateReader gives sources read access to the engine's rows; the engine
