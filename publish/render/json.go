@@ -215,6 +215,16 @@ func appendObject(dst []byte, m map[string]any) ([]byte, error) {
 	if m == nil {
 		return append(dst, "null"...), nil
 	}
+	return appendMap(dst, m, AppendValue)
+}
+
+func appendStringMap(dst []byte, m map[string]string) []byte {
+	dst, _ = appendMap(dst, m, func(dst []byte, s string) ([]byte, error) { return appendString(dst, s), nil })
+	return dst
+}
+
+// appendMap renders a map with sorted keys, as encoding/json does.
+func appendMap[V any](dst []byte, m map[string]V, value func([]byte, V) ([]byte, error)) ([]byte, error) {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -228,29 +238,11 @@ func appendObject(dst []byte, m map[string]any) ([]byte, error) {
 		dst = appendString(dst, k)
 		dst = append(dst, ':')
 		var err error
-		if dst, err = AppendValue(dst, m[k]); err != nil {
+		if dst, err = value(dst, m[k]); err != nil {
 			return nil, err
 		}
 	}
 	return append(dst, '}'), nil
-}
-
-func appendStringMap(dst []byte, m map[string]string) []byte {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	dst = append(dst, '{')
-	for i, k := range keys {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = appendString(dst, k)
-		dst = append(dst, ':')
-		dst = appendString(dst, m[k])
-	}
-	return append(dst, '}')
 }
 
 func appendStrings(dst []byte, ss []string) []byte {
