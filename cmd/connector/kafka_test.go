@@ -586,8 +586,8 @@ func TestKafkaKill9(t *testing.T) {
 	// The organisation file receiver, the reference, gets batches of 10:
 	// publish/file appends a batch through a 64 KiB buffer, so a larger
 	// batch takes several write calls, and a kill between them leaves a
-	// torn line that the next run appends after (reported; TestKill9
-	// avoids it the same way, with batch 7).
+	// torn line that the next run appends after (reported to the lead;
+	// TestKill9's batch of 7 stays clear of it too).
 	kafka := withKafka(k.Addr, "batch: 2", "rate: 150", "timeout: 3s", "retry: {initial: 50ms, max: 500ms}")
 	dir := demoDir(t, func(s string) string {
 		small := strings.Replace(s, "    start: beginning\n    classification: internal",
