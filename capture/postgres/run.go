@@ -238,6 +238,8 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 			return cp, req, err
 		}
 		cp = done
+	} else {
+		cp = base // the identity as the server gives it now (timeline)
 	}
 	if err := ctx.Err(); err != nil {
 		return cp, req, err
