@@ -10,6 +10,7 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -82,6 +83,10 @@ type Change struct {
 	ChangeKey string
 	// Position is opaque, for diagnostics (shown in source.position).
 	Position string
+	// TransactionID, when set, overrides Batch.TransactionID for this
+	// change, so one batch (one commit) can carry many small source
+	// transactions.
+	TransactionID string
 }
 
 // Batch is a unit the engine commits in one write transaction together with
@@ -124,6 +129,11 @@ type SnapshotMark struct {
 	// reconciles.
 	Reconcile bool
 }
+
+// ErrNoRun is what Sink.Apply returns (wrapped) for a snapshot batch
+// without Begin when no run of that id is staged (a crash or the deletion
+// guard dropped it): the source should start the run again.
+var ErrNoRun = errors.New("no staged snapshot run")
 
 // Sink receives batches from a source. Apply returns once the batch is
 // durable (or failed); the source may then acknowledge the checkpoint to its

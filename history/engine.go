@@ -638,6 +638,10 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 			s.breakEpoch(bc.ss, b.EpochBreak)
 		}
 		for i := range b.Changes {
+			bc.txid = b.TransactionID
+			if t := b.Changes[i].TransactionID; t != "" {
+				bc.txid = t
+			}
 			if err := e.applyChange(bc, &b.Changes[i]); err != nil {
 				return err
 			}

@@ -120,7 +120,7 @@ func (s *Sink) applySnapshot(ctx context.Context, b capture.Batch) error {
 			return err
 		}
 		if st == nil {
-			return fmt.Errorf("snapshot run %q: batch without a Begin (the source must start a run with SnapshotMark.Begin)", mark.ID)
+			return fmt.Errorf("%w: snapshot run %q: batch without a Begin (the source must start a run with SnapshotMark.Begin)", capture.ErrNoRun, mark.ID)
 		}
 		if mark.Begin {
 			ss, err := LoadSource(tx, s.src.Name)

@@ -200,7 +200,7 @@ func (s *memSink) Apply(ctx context.Context, b capture.Batch) error {
 			s.staged, s.stageID = map[string]map[string]map[string]any{}, m.ID
 		}
 		if s.stageID != m.ID || s.staged == nil {
-			return fmt.Errorf("snapshot run %q: batch without a Begin", m.ID)
+			return fmt.Errorf("%w: snapshot run %q: batch without a Begin", capture.ErrNoRun, m.ID)
 		}
 		for _, c := range b.Changes {
 			if c.Op != capture.OpSnapshot {

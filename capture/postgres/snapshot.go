@@ -139,7 +139,7 @@ func (s *Source) readSnapshot(ctx context.Context, sink capture.Sink, exp *expor
 			b.EpochBreak = run.epochBreak
 		}
 		err := sink.Apply(ctx, b)
-		if err != nil && first && !run.begin && strings.Contains(err.Error(), "without a Begin") {
+		if err != nil && first && !run.begin && errors.Is(err, capture.ErrNoRun) {
 			return errRunLost
 		}
 		first = false

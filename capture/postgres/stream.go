@@ -163,12 +163,16 @@ func (s *Source) stream(ctx context.Context, meta *pgx.Conn, srv *server, cp che
 	return last, st.req, rerr
 }
 
-// apply hands queued batches to the sink in order.
+// apply hands queued batches to the sink in order. Plain stream batches
+// waiting in the queue are merged into one (up to BatchSize changes, each
+// keeping its transaction id), so a stream of small transactions costs one
+// commit per merged batch, not one per transaction.
 func (st *streamer) apply(ctx context.Context, sink capture.Sink) error {
 	for q := range st.out {
 		if ctx.Err() != nil {
 			continue // shutting down: not durable, sent again next time
 		}
+		q, pending := st.coalesce(q)
 		if err := sink.Apply(ctx, q.b); err != nil {
 			if ctx.Err() != nil {
 				continue
@@ -183,7 +187,79 @@ func (st *streamer) apply(ctx context.Context, sink capture.Sink) error {
 			st.progress.Store(time.Now().UnixNano())
 		}
 		st.applied.Add(int64(len(q.b.Changes)))
+		if pending != nil {
+			// A batch that could not be merged (a snapshot or an epoch
+			// break) goes on its own, in order.
+			if err := st.applyOne(ctx, sink, *pending); err != nil {
+				return err
+			}
+		}
 	}
+	return nil
+}
+
+// mergeable reports whether a queued batch is a plain stream batch.
+func mergeable(q queued) bool { return q.b.Snapshot == nil && q.b.EpochBreak == "" }
+
+// coalesce merges the plain stream batches already queued behind q. It
+// returns the merged batch and, if it took one that must go alone, that one.
+func (st *streamer) coalesce(q queued) (queued, *queued) {
+	if !mergeable(q) {
+		return q, nil
+	}
+	merged := false
+	for len(q.b.Changes) < st.s.cfg.BatchSize {
+		var next queued
+		var ok bool
+		select {
+		case next, ok = <-st.out:
+		default:
+		}
+		if !ok {
+			break
+		}
+		if !mergeable(next) {
+			return q, &next
+		}
+		if !merged {
+			q.b.Changes = stampTx(append([]capture.Change(nil), q.b.Changes...), q.b.TransactionID)
+			merged = true
+		}
+		q.b.Changes = append(q.b.Changes, stampTx(next.b.Changes, next.b.TransactionID)...)
+		if next.b.Checkpoint != nil {
+			q.b.Checkpoint = next.b.Checkpoint
+		}
+		q.b.TransactionID = next.b.TransactionID
+		q.cp = next.cp
+	}
+	return q, nil
+}
+
+func stampTx(cs []capture.Change, txid string) []capture.Change {
+	for i := range cs {
+		if cs[i].TransactionID == "" {
+			cs[i].TransactionID = txid
+		}
+	}
+	return cs
+}
+
+// applyOne applies a single queued batch and records it as durable.
+func (st *streamer) applyOne(ctx context.Context, sink capture.Sink, q queued) error {
+	if err := sink.Apply(ctx, q.b); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	st.mu.Lock()
+	st.durableCP = q.cp
+	st.mu.Unlock()
+	if l := uint64(q.cp.lsn()); l > st.durable.Load() {
+		st.durable.Store(l)
+		st.progress.Store(time.Now().UnixNano())
+	}
+	st.applied.Add(int64(len(q.b.Changes)))
 	return nil
 }
 

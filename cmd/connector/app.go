@@ -123,7 +123,9 @@ func load(path string, opt loadOptions) (*app, error) {
 			}
 			se.src = src
 			if id, ok := src.(capture.Identity); ok {
-				se.info.ID = id.ID()
+				if v := id.ID(); v != "" { // empty when the server cannot be reached yet
+					se.info.ID = v
+				}
 			}
 			if rk, ok := src.(capture.RowKeeper); ok {
 				se.info.KeepRows = rk.KeepsRows()

@@ -5,6 +5,7 @@ package file
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -58,12 +59,45 @@ func Open(c Config) (*Receiver, error) {
 	if err := os.MkdirAll(filepath.Dir(c.Path), 0o750); err != nil {
 		return nil, fmt.Errorf("file receiver: %w (make the directory writable, or change path)", err)
 	}
-	f, err := os.OpenFile(c.Path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	f, err := os.OpenFile(c.Path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("file receiver: %w (make the file writable, or change path)", err)
 	}
+	// A crash mid-batch can leave a torn last line (a batch larger than
+	// the buffer takes several writes). It was never confirmed, so the
+	// dispatcher delivers it again: drop it.
+	if err := trimTornTail(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("file receiver: repair %s: %w", c.Path, err)
+	}
 	r.f, r.w = f, bufio.NewWriterSize(f, 1<<16)
 	return r, nil
+}
+
+// trimTornTail truncates f after its last newline.
+func trimTornTail(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	for end := st.Size(); end > 0; {
+		n := min(int64(len(buf)), end)
+		if _, err := f.ReadAt(buf[:n], end-n); err != nil {
+			return err
+		}
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			if cut := end - n + int64(i) + 1; cut != st.Size() {
+				return f.Truncate(cut)
+			}
+			return nil
+		}
+		end -= n
+	}
+	if st.Size() > 0 {
+		return f.Truncate(0)
+	}
+	return nil
 }
 
 // Deliver appends the events and syncs the file.
