@@ -103,10 +103,12 @@ func Open(path string, opt Options) (*DB, error) {
 		return nil, fmt.Errorf("%w: %s: %v (restore it from a backup, or move it away to start afresh: sources are then re-read and receivers get a new epoch)", ErrCorrupt, path, err)
 	}
 	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:         opt.LockTimeout,
-		ReadOnly:        opt.ReadOnly,
-		NoSync:          opt.NoSync,
-		NoFreelistSync:  true,
+		Timeout:  opt.LockTimeout,
+		ReadOnly: opt.ReadOnly,
+		NoSync:   opt.NoSync,
+		// The freelist is persisted (bbolt's default): without it, every
+		// open walks all pages of the file to rebuild it, which is slow for
+		// a multi-GB state and maps the whole file into memory.
 		FreelistType:    bolt.FreelistMapType,
 		InitialMmapSize: 64 << 20,
 	})

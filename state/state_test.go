@@ -671,3 +671,43 @@ func TestKey(t *testing.T) {
 		t.Error("Key(userx,1) has the prefix of type user")
 	}
 }
+
+// ReleaseMemory drops mapped pages and the data stays readable.
+func TestReleaseMemory(t *testing.T) {
+	db, err := Open(filepath.Join(t.TempDir(), "s.db"), Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	val := bytes.Repeat([]byte("x"), 1000)
+	if err := db.Update(func(tx *Tx) error {
+		for i := range 5000 {
+			if err := tx.Put(Log, U64(uint64(i+1)), val); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := db.ReleaseMemory(); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		if err := db.View(func(tx *Tx) error {
+			return tx.Scan(Log, nil, func(_, v []byte) error {
+				if !bytes.Equal(v, val) {
+					t.Fatal("value changed after ReleaseMemory")
+				}
+				n++
+				return nil
+			})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if n != 5000 {
+			t.Fatalf("read %d values after ReleaseMemory", n)
+		}
+	}
+}

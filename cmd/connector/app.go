@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -201,8 +202,28 @@ func (a *app) openState(readOnly bool) error {
 		return err
 	}
 	a.db = db
+	_ = db.ReleaseMemory() // what opening touched
 	a.engine, err = history.New(db, a.maps, history.Options{Log: a.log})
 	return err
+}
+
+// trimMemory releases the state file's mapped pages every second until
+// ctx ends, so RSS follows the work in hand rather than the file's size.
+func (a *app) trimMemory(ctx context.Context) {
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := a.db.ReleaseMemory(); err != nil {
+					a.log.Debug("release mapped state pages", "error", err)
+				}
+			}
+		}
+	}()
 }
 
 func (a *app) close() {

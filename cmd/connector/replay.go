@@ -53,7 +53,11 @@ If the agent is running, the replay is handed to it; otherwise this command deli
 			if _, err := a.receiver(receiver); err != nil {
 				return err
 			}
-			if err := a.openState(false); err != nil {
+			err = a.openState(false)
+			if err == nil {
+				a.trimMemory(c.Context())
+			}
+			if err != nil {
 				if errors.Is(err, state.ErrLocked) && !current {
 					var res ReplayResult
 					q := url.Values{"receiver": {receiver}, "from": {from}}

@@ -86,6 +86,9 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 		return err
 	}
 	defer stopControl()
+	trimCtx, stopTrim := context.WithCancel(context.Background())
+	defer stopTrim()
+	a.trimMemory(trimCtx)
 
 	// Receivers run on their own context: on shutdown the sources stop
 	// first, so everything they committed can still go out.

@@ -47,6 +47,7 @@ for this snapshot. Receivers get the events on the agent's next delivery.`,
 			if err := a.openState(false); err != nil {
 				return err
 			}
+			a.trimMemory(c.Context())
 			return a.snapshot(c.Context(), c.OutOrStdout(), s, sn, dryRun)
 		},
 	}
