@@ -213,7 +213,6 @@ func (s *Slapd) Stop() {
 	os.RemoveAll(s.Dir)
 }
 
-
 // dirChown gives dir and everything below it to the named system user.
 func dirChown(dir, name string) error {
 	u, err := user.Lookup(name)
