@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,19 +44,7 @@ type result struct {
 
 func run(t *testing.T, dir string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Dir = dir
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	r := result{stdout: so.String(), stderr: se.String()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return runEnv(t, dir, nil, args...)
 }
 
 // repoRoot is two levels up from cmd/connector.
@@ -573,4 +561,26 @@ func readString(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// startAndKill starts `connector run -c demo.yaml` in dir, SIGKILLs it
+// after the given time, and fails the test if the agent logged an error
+// before it died.
+func startAndKill(t *testing.T, dir string, after time.Duration) {
+	t.Helper()
+	cmd := exec.Command(binary, "run", "-c", "demo.yaml")
+	cmd.Dir = dir
+	var se bytes.Buffer
+	cmd.Stderr = &se
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(after)
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if strings.Contains(se.String(), "level=ERROR") {
+		t.Fatalf("agent reported an error before the kill after %v:\n%s", after, se.String())
+	}
 }

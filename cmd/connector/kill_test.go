@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -46,13 +43,6 @@ func TestKill9(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	kills := 0
 	for i := 0; kills < 20 && i < 60; i++ {
-		cmd := exec.Command(binary, "run", "-c", "demo.yaml")
-		cmd.Dir = dir
-		var se bytes.Buffer
-		cmd.Stderr = &se
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
 		// Half the kills early (capture and snapshot application), half
 		// spread over delivery.
 		var after time.Duration
@@ -61,16 +51,9 @@ func TestKill9(t *testing.T) {
 		} else {
 			after = time.Duration(rng.IntN(1200)) * time.Millisecond
 		}
-		time.Sleep(after)
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		_ = cmd.Wait()
+		startAndKill(t, dir, after)
 		kills++
 		t.Logf("kill %d after %v", kills, after)
-		if strings.Contains(se.String(), "level=ERROR") {
-			t.Fatalf("agent reported an error before kill %d:\n%s", kills, se.String())
-		}
 	}
 	if r := run(t, dir, "run", "--once", "-c", "demo.yaml"); r.code != 0 {
 		t.Fatalf("final run: %s", r.stderr)
