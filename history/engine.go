@@ -245,6 +245,9 @@ func LoadImage(tx *state.Tx, typ, id string) (*Image, error) { return loadImage(
 
 // batchCtx carries what one transaction needs.
 type batchCtx struct {
+	// eventSize is the buffer size to encode the next event into: a bit
+	// more than the largest so far, so most events need one allocation.
+	eventSize int
 	tx        *state.Tx
 	src       *SourceInfo
 	ss        *SourceState
@@ -523,7 +526,13 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 			Sikkerhedsklassificering: m.Sikkerhed,
 		}
 	}
-	if err := putJSON(tx, state.Log, state.U64(v.Sequence), &ev); err != nil {
+	// The log holds the canonical JSON that receivers send as it is.
+	data, err := AppendJSON(make([]byte, 0, bc.eventSize), &ev)
+	if err != nil {
+		return fmt.Errorf("event %s for %s/%s: %w", ev.EventID, typ, id, err)
+	}
+	bc.eventSize = max(bc.eventSize, len(data)+len(data)/8)
+	if err := tx.Put(state.Log, state.U64(v.Sequence), data); err != nil {
 		return err
 	}
 	bc.events++

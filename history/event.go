@@ -80,6 +80,13 @@ type Event struct {
 	ObservedAt      Time           `json:"observedAt"`
 	SourceChangedAt *Time          `json:"sourceChangedAt,omitempty"`
 	Integrity       Integrity      `json:"integrity"`
+
+	// Raw is the event's canonical JSON (AppendJSON) as the log holds it.
+	// The dispatcher sets it while the event is exactly what was logged
+	// (not redacted, not a replay), so a receiver can send these bytes
+	// instead of encoding the event again; whoever changes an event
+	// clears it.
+	Raw []byte `json:"-"`
 }
 
 // SourceRef says where an event came from.

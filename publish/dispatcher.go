@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -334,6 +335,7 @@ func (d *Dispatcher) read(o *output) (Cursor, readBatch, error) {
 				if err := json.Unmarshal(v, ev); err != nil {
 					return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
 				}
+				ev.Raw = bytes.Clone(v) // v lives only as long as the read transaction
 				if len(d.outs) > 1 {
 					d.cache.put(seq, ev)
 				}
@@ -359,6 +361,7 @@ func (d *Dispatcher) prepare(cfg Config, ev history.Event, cur Cursor) (history.
 	}
 	if ev.Sequence <= cur.ReplayUntil {
 		ev.Emission = history.EmissionReplay
+		ev.Raw = nil // no longer what the log holds
 	}
 	if len(d.outs) > 1 {
 		// The decoded event is shared through the cache: give each
@@ -397,6 +400,7 @@ func Redact(r Redactor, ceiling string, ev history.Event) (history.Event, bool) 
 	if len(removed) == 0 {
 		return ev, true
 	}
+	ev.Raw = nil
 	changed := make([]string, 0, len(ev.Changed))
 	for _, f := range ev.Changed {
 		if !hidden[f] {

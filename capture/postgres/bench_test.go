@@ -415,7 +415,11 @@ receivers:
 		if err != nil {
 			b.Fatal(err)
 		}
-		cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
+		args := []string{"run", "--once", "-c", "connector.yaml"}
+		if prof := os.Getenv("PG_BENCH_PROFILE"); prof != "" {
+			args = append(args, "--cpu-profile", prof) // a pprof CPU profile of the agent
+		}
+		cmd := exec.Command(bin, args...)
 		cmd.Dir = dir
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"time"
@@ -20,6 +22,7 @@ import (
 func runCmd() *cobra.Command {
 	var path string
 	var once, allowDeletions bool
+	var cpuProfile string
 	c := &cobra.Command{
 		Use:   "run -c FILE [--once]",
 		Short: "Run every source and receiver until SIGINT/SIGTERM",
@@ -34,13 +37,35 @@ summary and exits.`,
 				return err
 			}
 			defer a.close()
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			return a.run(c.Context(), once, c.OutOrStdout())
 		},
 	}
 	configFlag(c, &path)
 	c.Flags().BoolVar(&once, "once", false, "take what the sources have now, deliver it, and exit")
 	c.Flags().BoolVar(&allowDeletions, "allow-deletions", false, "apply snapshots even if they trip the deletion guard")
+	c.Flags().StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file (for performance reports)")
+	_ = c.Flags().MarkHidden("cpu-profile")
 	return c
+}
+
+// startCPUProfile writes a pprof CPU profile until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // buildDispatcher opens every receiver (or only those named).

@@ -7,7 +7,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/os2sandbox/connector/configs"
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/render"
 )
 
 func init() {
@@ -102,12 +102,13 @@ func trimTornTail(f *os.File) error {
 
 // Deliver appends the events and syncs the file.
 func (r *Receiver) Deliver(_ context.Context, events []history.Event) error {
-	enc := json.NewEncoder(r.w)
-	enc.SetEscapeHTML(false)
 	for i := range events {
-		if err := enc.Encode(&events[i]); err != nil {
+		data, err := render.Data(&events[i])
+		if err != nil {
 			return &publish.RejectedError{Index: i, Err: err}
 		}
+		r.w.Write(data)
+		r.w.WriteByte('\n') // a write error sticks in r.w; Flush reports it
 	}
 	if err := r.w.Flush(); err != nil {
 		return fmt.Errorf("write %s: %w", r.path, err)

@@ -399,7 +399,7 @@ func (r *Receiver) render(ms []message, e *history.Event) error {
 		{Key: "connector-sequence", Value: []byte(render.Sequence(e.Sequence))},
 	}
 	if e.Operation != history.OpDelete && e.After != nil {
-		if s.value, err = render.AppendValue(make([]byte, 0, 1024), e.After); err != nil {
+		if s.value, err = history.AppendValue(make([]byte, 0, 1024), e.After); err != nil {
 			return &rejection{fmt.Errorf("kafka receiver %q: state of %s: %w", r.name, render.Key(e), err)}
 		}
 		s.headers = append(s.headers, kafkago.Header{Key: "content-type", Value: []byte(render.ContentTypeJSON)})

@@ -34,9 +34,13 @@ const (
 // transport.
 func Key(e *history.Event) string { return e.Object.Type + "/" + e.Object.ID }
 
-// Data is the CloudEvents data of e: the canonical event as JSON.
+// Data is the CloudEvents data of e: the canonical event as JSON (the
+// bytes the log holds, when the dispatcher passed them on).
 func Data(e *history.Event) ([]byte, error) {
-	b, err := AppendEvent(make([]byte, 0, 2048), e)
+	if e.Raw != nil {
+		return e.Raw, nil
+	}
+	b, err := history.AppendJSON(make([]byte, 0, 2048), e)
 	if err != nil {
 		return nil, fmt.Errorf("render event %s (sequence %d) as JSON: %w", e.EventID, e.Sequence, err)
 	}
@@ -135,7 +139,7 @@ func (c CloudEvents) Attributes(e *history.Event) []Attribute {
 
 func timeString(t history.Time) string {
 	var buf [32]byte
-	return string(AppendTime(buf[:0], t))
+	return string(history.AppendTime(buf[:0], t))
 }
 
 // Binary returns the headers of binary content mode: each attribute as
@@ -180,9 +184,9 @@ func Structured(attrs []Attribute, data []byte) []byte {
 	b.Grow(len(data) + 64*len(attrs))
 	b.WriteByte('{')
 	for _, a := range attrs {
-		b.Write(appendString(nil, a.Name))
+		b.Write(history.AppendString(nil, a.Name))
 		b.WriteByte(':')
-		b.Write(appendString(nil, a.Value))
+		b.Write(history.AppendString(nil, a.Value))
 		b.WriteByte(',')
 	}
 	b.WriteString(`"data":`)

@@ -1,4 +1,4 @@
-package render
+package history
 
 import (
 	"bytes"
@@ -9,50 +9,49 @@ import (
 	"strconv"
 	"unicode/utf8"
 
-	"github.com/os2sandbox/connector/history"
 )
 
 // The canonical event is rendered for every record a receiver sends, and
 // encoding/json spends most of its time on reflection and on sorting map
-// keys through reflect.Values. AppendEvent writes the same bytes as
+// keys through reflect.Values. AppendJSON writes the same bytes as
 // encoding/json without HTML escaping, the project's canonical JSON (the
 // file receiver's, and that of the integrity hashes; the tests compare
 // them on random events), several times faster: the event's structure is
 // written out by hand and the JSON types images hold take a direct path.
 // Other value types fall back to encoding/json.
 
-// AppendEvent appends e as canonical JSON: byte for byte what a
+// AppendJSON appends e as canonical JSON: byte for byte what a
 // json.Encoder with SetEscapeHTML(false) writes, without the newline.
-func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
+func AppendJSON(dst []byte, e *Event) ([]byte, error) {
 	var err error
 	dst = append(dst, `{"schemaVersion":`...)
-	dst = appendString(dst, e.SchemaVersion)
+	dst = AppendString(dst, e.SchemaVersion)
 	dst = append(dst, `,"eventId":`...)
-	dst = appendString(dst, e.EventID)
+	dst = AppendString(dst, e.EventID)
 	dst = append(dst, `,"sequence":`...)
 	dst = strconv.AppendUint(dst, e.Sequence, 10)
 	dst = append(dst, `,"emission":`...)
-	dst = appendString(dst, e.Emission)
+	dst = AppendString(dst, e.Emission)
 
 	s := &e.Source
 	dst = append(dst, `,"source":{"name":`...)
-	dst = appendString(dst, s.Name)
+	dst = AppendString(dst, s.Name)
 	dst = append(dst, `,"type":`...)
-	dst = appendString(dst, s.Type)
+	dst = AppendString(dst, s.Type)
 	dst = append(dst, `,"id":`...)
-	dst = appendString(dst, s.ID)
+	dst = AppendString(dst, s.ID)
 	dst = append(dst, `,"epoch":`...)
 	dst = strconv.AppendUint(dst, s.Epoch, 10)
 	if s.Position != "" {
 		dst = append(dst, `,"position":`...)
-		dst = appendString(dst, s.Position)
+		dst = AppendString(dst, s.Position)
 	}
 
 	o := &e.Object
 	dst = append(dst, `},"object":{"type":`...)
-	dst = appendString(dst, o.Type)
+	dst = AppendString(dst, o.Type)
 	dst = append(dst, `,"id":`...)
-	dst = appendString(dst, o.ID)
+	dst = AppendString(dst, o.ID)
 	if len(o.Keys) > 0 {
 		dst = append(dst, `,"keys":`...)
 		dst = appendStringMap(dst, o.Keys)
@@ -61,13 +60,13 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 	dst = strconv.AppendUint(dst, o.Version, 10)
 
 	dst = append(dst, `},"operation":`...)
-	dst = appendString(dst, e.Operation)
+	dst = AppendString(dst, e.Operation)
 	if e.Reason != "" {
 		dst = append(dst, `,"reason":`...)
-		dst = appendString(dst, e.Reason)
+		dst = AppendString(dst, e.Reason)
 	}
 	dst = append(dst, `,"changeKind":`...)
-	dst = appendString(dst, e.ChangeKind)
+	dst = AppendString(dst, e.ChangeKind)
 	if len(e.Supersedes) > 0 {
 		dst = append(dst, `,"supersedes":[`...)
 		for i := range e.Supersedes {
@@ -76,7 +75,7 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 				dst = append(dst, ',')
 			}
 			dst = append(dst, `{"eventId":`...)
-			dst = appendString(dst, sp.EventID)
+			dst = AppendString(dst, sp.EventID)
 			dst = append(dst, `,"registreringFra":`...)
 			dst = appendTime(dst, sp.RegistreringFra)
 			dst = append(dst, `,"virkningFra":`...)
@@ -94,15 +93,15 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 	dst = append(dst, `,"registreringTil":`...)
 	dst = appendTimePtr(dst, b.RegistreringTil)
 	dst = append(dst, `,"registreringsaktoer":`...)
-	dst = appendString(dst, b.Registreringsaktoer)
+	dst = AppendString(dst, b.Registreringsaktoer)
 	dst = append(dst, `,"virkningFra":`...)
 	dst = appendTime(dst, b.VirkningFra)
 	dst = append(dst, `,"virkningTil":`...)
 	dst = appendTimePtr(dst, b.VirkningTil)
 	dst = append(dst, `,"virkningsaktoer":`...)
-	dst = appendString(dst, b.Virkningsaktoer)
+	dst = AppendString(dst, b.Virkningsaktoer)
 	dst = append(dst, `,"virkningKilde":`...)
-	dst = appendString(dst, b.VirkningKilde)
+	dst = AppendString(dst, b.VirkningKilde)
 	for _, f := range [...]struct{ name, value string }{
 		{`,"status":`, b.Status},
 		{`,"forretningshaendelse":`, b.Forretningshaendelse},
@@ -111,7 +110,7 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 	} {
 		if f.value != "" {
 			dst = append(dst, f.name...)
-			dst = appendString(dst, f.value)
+			dst = AppendString(dst, f.value)
 		}
 	}
 
@@ -128,10 +127,10 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 
 	c := &e.Classification
 	dst = append(dst, `,"classification":{"dataclassification":`...)
-	dst = appendString(dst, c.Dataclassification)
+	dst = AppendString(dst, c.Dataclassification)
 	if c.Datacategory != "" {
 		dst = append(dst, `,"datacategory":`...)
-		dst = appendString(dst, c.Datacategory)
+		dst = AppendString(dst, c.Datacategory)
 	}
 	if len(c.Dataregulation) > 0 {
 		dst = append(dst, `,"dataregulation":`...)
@@ -139,7 +138,7 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 	}
 	if c.Sikkerhedsklassificering != "" {
 		dst = append(dst, `,"sikkerhedsklassificering":`...)
-		dst = appendString(dst, c.Sikkerhedsklassificering)
+		dst = AppendString(dst, c.Sikkerhedsklassificering)
 	}
 	if len(c.Redacted) > 0 {
 		dst = append(dst, `,"redacted":`...)
@@ -147,10 +146,10 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 	}
 
 	dst = append(dst, `},"trace":{"transactionId":`...)
-	dst = appendString(dst, e.Trace.TransactionID)
+	dst = AppendString(dst, e.Trace.TransactionID)
 	if e.Trace.CorrelationID != "" {
 		dst = append(dst, `,"correlationId":`...)
-		dst = appendString(dst, e.Trace.CorrelationID)
+		dst = AppendString(dst, e.Trace.CorrelationID)
 	}
 	dst = append(dst, `},"observedAt":`...)
 	dst = appendTime(dst, e.ObservedAt)
@@ -159,21 +158,21 @@ func AppendEvent(dst []byte, e *history.Event) ([]byte, error) {
 		dst = appendTime(dst, *e.SourceChangedAt)
 	}
 	dst = append(dst, `,"integrity":{"contentHash":`...)
-	dst = appendString(dst, e.Integrity.ContentHash)
+	dst = AppendString(dst, e.Integrity.ContentHash)
 	if e.Integrity.PrevContentHash != "" {
 		dst = append(dst, `,"prevContentHash":`...)
-		dst = appendString(dst, e.Integrity.PrevContentHash)
+		dst = AppendString(dst, e.Integrity.PrevContentHash)
 	}
 	return append(dst, `}}`...), nil
 }
 
-// AppendValue appends v as canonical JSON, as AppendEvent does.
+// AppendValue appends v as canonical JSON, as AppendJSON does.
 func AppendValue(dst []byte, v any) ([]byte, error) {
 	switch v := v.(type) {
 	case nil:
 		return append(dst, "null"...), nil
 	case string:
-		return appendString(dst, v), nil
+		return AppendString(dst, v), nil
 	case bool:
 		return strconv.AppendBool(dst, v), nil
 	case float64:
@@ -182,6 +181,16 @@ func AppendValue(dst []byte, v any) ([]byte, error) {
 		return strconv.AppendInt(dst, int64(v), 10), nil
 	case int64:
 		return strconv.AppendInt(dst, v, 10), nil
+	case json.Number:
+		// Numbers from sources arrive exact, as json.Number: written as
+		// they are once known to be JSON numbers, as encoding/json does.
+		if v == "" {
+			return append(dst, '0'), nil
+		}
+		if !isNumber(string(v)) {
+			return nil, fmt.Errorf("json: invalid number literal %q", string(v))
+		}
+		return append(dst, v...), nil
 	case map[string]any:
 		return appendObject(dst, v)
 	case []any:
@@ -211,6 +220,43 @@ func AppendValue(dst []byte, v any) ([]byte, error) {
 	return append(dst, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...), nil
 }
 
+// isNumber reports whether s is a JSON number (RFC 8259 §6).
+func isNumber(s string) bool {
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		n := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i, n = i+1, n+1
+		}
+		return n
+	}
+	switch {
+	case i < len(s) && s[i] == '0':
+		i++
+	case digits() == 0:
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(s)
+}
+
 func appendObject(dst []byte, m map[string]any) ([]byte, error) {
 	if m == nil {
 		return append(dst, "null"...), nil
@@ -219,7 +265,7 @@ func appendObject(dst []byte, m map[string]any) ([]byte, error) {
 }
 
 func appendStringMap(dst []byte, m map[string]string) []byte {
-	dst, _ = appendMap(dst, m, func(dst []byte, s string) ([]byte, error) { return appendString(dst, s), nil })
+	dst, _ = appendMap(dst, m, func(dst []byte, s string) ([]byte, error) { return AppendString(dst, s), nil })
 	return dst
 }
 
@@ -235,7 +281,7 @@ func appendMap[V any](dst []byte, m map[string]V, value func([]byte, V) ([]byte,
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, k)
+		dst = AppendString(dst, k)
 		dst = append(dst, ':')
 		var err error
 		if dst, err = value(dst, m[k]); err != nil {
@@ -254,24 +300,24 @@ func appendStrings(dst []byte, ss []string) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, s)
+		dst = AppendString(dst, s)
 	}
 	return append(dst, ']')
 }
 
-func appendTime(dst []byte, t history.Time) []byte {
+func appendTime(dst []byte, t Time) []byte {
 	dst = append(dst, '"')
 	dst = AppendTime(dst, t)
 	return append(dst, '"')
 }
 
-// AppendTime appends t in history.TimeLayout (RFC 3339, UTC, microseconds),
+// AppendTime appends t in TimeLayout (RFC 3339, UTC, microseconds),
 // without time.Format's layout interpretation for the common years.
-func AppendTime(dst []byte, t history.Time) []byte {
+func AppendTime(dst []byte, t Time) []byte {
 	u := t.UTC()
 	year, month, day := u.Date()
 	if year < 0 || year > 9999 {
-		return u.AppendFormat(dst, history.TimeLayout)
+		return u.AppendFormat(dst, TimeLayout)
 	}
 	hour, min, sec := u.Clock()
 	dst = appendDigits(dst, year, 4)
@@ -300,7 +346,7 @@ func appendDigits(dst []byte, n, width int) []byte {
 	return append(dst, buf[:width]...)
 }
 
-func appendTimePtr(dst []byte, t *history.Time) []byte {
+func appendTimePtr(dst []byte, t *Time) []byte {
 	if t == nil {
 		return append(dst, "null"...)
 	}
@@ -337,10 +383,10 @@ var jsonSafe = func() (t [utf8.RuneSelf]bool) {
 	return t
 }()
 
-// appendString writes s as a JSON string exactly as encoding/json does
+// AppendString writes s as a JSON string exactly as encoding/json does
 // with HTML escaping off: invalid UTF-8 replaced, U+2028 and U+2029
 // escaped.
-func appendString(dst []byte, s string) []byte {
+func AppendString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	start := 0
