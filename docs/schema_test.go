@@ -295,7 +295,7 @@ func compare(t *testing.T, at string, typ reflect.Type, node map[string]any) {
 		f := typ.Field(i)
 		tag := f.Tag.Get("json")
 		name, opts, _ := strings.Cut(tag, ",")
-		if tag == "-" {
+		if tag == "-" || !f.IsExported() {
 			continue // not part of the event (Event.Raw: its encoding)
 		}
 		if name == "" {

@@ -1,10 +1,6 @@
 package history
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"math"
 	"sort"
 	"time"
@@ -14,25 +10,11 @@ import (
 // sorts map keys), no HTML escaping, numbers as given. Equal images give
 // equal bytes, so the content hash decides "changed or not".
 func Canonical(fields map[string]any) []byte {
-	if fields == nil {
-		return []byte("null")
-	}
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(fields); err != nil {
-		// Mapped values are JSON values by construction; reaching this is
-		// a bug in a source's value conversion.
-		panic("history: image is not JSON: " + err.Error())
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+	return appendCanonical(nil, fields)
 }
 
 // ContentHash is "sha256:<hex>" of the canonical image.
-func ContentHash(fields map[string]any) string {
-	sum := sha256.Sum256(Canonical(fields))
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
+func ContentHash(fields map[string]any) string { return hashJSON(Canonical(fields)) }
 
 // Version is one registration of an object: append-only, except that
 // RegTil is set once, when later registrations hide all of its valid time.
@@ -51,6 +33,8 @@ type Version struct {
 	Fields     map[string]any `json:"fields"`
 	Hash       string         `json:"contentHash"`
 	Supersedes []uint64       `json:"supersedes,omitempty"`
+
+	fieldsJSON []byte // Fields' canonical JSON, as stored
 }
 
 // The bitemporal rule (dobbelthistorik) in one sentence: the answer to

@@ -1,6 +1,7 @@
 package history
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,7 +9,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -70,6 +70,10 @@ type Image struct {
 	// Open lists the versions not yet closed (RegTil nil), so a new
 	// registration never has to read the object's whole history.
 	Open []uint64 `json:"open"`
+
+	// The canonical JSON of Fields, Keys and Row: what is stored, and all
+	// the engine reads on its hot path (see codec.go).
+	fieldsJSON, keysJSON, rowJSON []byte
 }
 
 // SourceState is what the engine keeps per source.
@@ -210,39 +214,6 @@ func putJSON(tx *state.Tx, b state.Bucket, key []byte, v any) error {
 	return tx.Put(b, key, data)
 }
 
-func versionKey(typ, id string, v uint64) []byte {
-	return append(state.Key(typ, id, ""), state.U64(v)...)
-}
-
-func loadVersion(tx *state.Tx, typ, id string, n uint64) (*Version, error) {
-	v := tx.Get(state.Versions, versionKey(typ, id, n))
-	if v == nil {
-		return nil, fmt.Errorf("%w: version %d of %s/%s missing", state.ErrCorrupt, n, typ, id)
-	}
-	var ver Version
-	if err := json.Unmarshal(v, &ver); err != nil {
-		return nil, fmt.Errorf("%w: version %d of %s/%s: %v", state.ErrCorrupt, n, typ, id, err)
-	}
-	return &ver, nil
-}
-
-// Versions returns an object's versions in order.
-func Versions(tx *state.Tx, typ, id string) ([]*Version, error) {
-	var out []*Version
-	err := tx.Scan(state.Versions, state.Key(typ, id, ""), func(_, v []byte) error {
-		var ver Version
-		if err := json.Unmarshal(v, &ver); err != nil {
-			return fmt.Errorf("%w: versions of %s/%s: %v", state.ErrCorrupt, typ, id, err)
-		}
-		out = append(out, &ver)
-		return nil
-	})
-	return out, err
-}
-
-// LoadImage returns an object's current image, or nil.
-func LoadImage(tx *state.Tx, typ, id string) (*Image, error) { return loadImage(tx, typ, id) }
-
 // batchCtx carries what one transaction needs.
 type batchCtx struct {
 	// eventSize is the buffer size to encode the next event into: a bit
@@ -311,7 +282,9 @@ func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
 	if err != nil {
 		return err
 	}
-	hash := ContentHash(c.obj.Fields)
+	fieldsJSON := appendCanonical(make([]byte, 0, 256), c.obj.Fields)
+	hash := hashJSON(fieldsJSON)
+	keys := keysJSON(c.obj.Keys)
 	virkFra, kilde := c.obj.ValidFrom, c.obj.ValidSource
 	if virkFra.IsZero() {
 		virkFra, kilde = changeTime(img, c.changedAt, bc.src.ChangeTime)
@@ -329,10 +302,14 @@ func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
 		}
 	default:
 		sameVirk := c.obj.ValidSource == "" || img.VirkFra.Equal(virkFra.UTC().Truncate(time.Microsecond))
-		if img.Hash == hash && sameVirk && maps.Equal(img.Keys, c.obj.Keys) {
+		if img.Hash == hash && sameVirk && bytes.Equal(img.keysJSON, keys) {
 			if bc.src.KeepRows && c.row != nil {
-				img.Row = c.row
-				return putImage(bc.tx, c.obj.Type, c.obj.ID, img)
+				// No event, but the stored row follows the source (columns
+				// the mapping does not use, needed to fill in TOAST).
+				if row := appendCanonical(nil, c.row); !bytes.Equal(row, img.rowJSON) {
+					img.rowJSON = row
+					return putImage(bc.tx, c.obj.Type, c.obj.ID, img)
+				}
 			}
 			return nil
 		}
@@ -342,7 +319,7 @@ func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
 		reason = c.reason
 	}
 	return e.register(bc, m, img, c, registration{
-		op: op, kind: kind, reason: reason, fields: c.obj.Fields, hash: hash,
+		op: op, kind: kind, reason: reason, fieldsJSON: fieldsJSON, keysJSON: keys, hash: hash,
 		virkFra: virkFra, virkTil: c.obj.ValidTo, kilde: kilde,
 	})
 }
@@ -383,12 +360,13 @@ func changeTime(img *Image, changedAt time.Time, kilde string) (time.Time, strin
 
 type registration struct {
 	op, kind, reason string
-	fields           map[string]any
-	hash             string
-	virkFra          time.Time
-	virkTil          *time.Time
-	kilde            string
-	deleted          bool
+	// fieldsJSON and keysJSON are the new image's canonical JSON.
+	fieldsJSON, keysJSON []byte
+	hash                 string
+	virkFra              time.Time
+	virkTil              *time.Time
+	kilde                string
+	deleted              bool
 }
 
 // register appends a version and its event, closing the registrations it
@@ -402,11 +380,11 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 	}
 	var prevVersion uint64
 	var prevHash string
-	var before map[string]any
+	var before []byte
 	if img != nil {
 		prevVersion, prevHash = img.Version, img.Hash
 		if !img.Deleted {
-			before = img.Fields
+			before = img.fieldsJSON
 		}
 	}
 	if r.virkFra.IsZero() {
@@ -431,7 +409,7 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 		Hash:      r.hash,
 	}
 	if !r.deleted {
-		v.Fields = r.fields
+		v.fieldsJSON = r.fieldsJSON
 	}
 	if r.virkTil != nil {
 		v.VirkTil = Ptr(*r.virkTil)
@@ -460,39 +438,50 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 		if kind != KindAendring {
 			supersedes = append(supersedes, Superseded{EventID: h.EventID, RegistreringFra: h.RegFra, VirkningFra: h.VirkFra, VirkningTil: h.VirkTil})
 		}
-		if err := putJSON(tx, state.Versions, versionKey(typ, id, h.Version), h); err != nil {
+		if err := putVersion(tx, typ, id, h); err != nil {
 			return err
 		}
 	}
-	if err := putJSON(tx, state.Versions, versionKey(typ, id, v.Version), v); err != nil {
+	if err := putVersion(tx, typ, id, v); err != nil {
 		return err
 	}
 	ni := &Image{Source: bc.src.Name, Record: c.rec, Version: v.Version, Deleted: r.deleted, Hash: r.hash,
 		RegFra: v.RegFra, VirkFra: v.VirkFra, EventID: v.EventID}
 	if img != nil {
 		ni.Open = slices.DeleteFunc(slices.Clone(img.Open), func(n uint64) bool { return closed[n] })
-		ni.Keys, ni.Fields, ni.Row = img.Keys, img.Fields, img.Row
+		ni.keysJSON, ni.fieldsJSON, ni.rowJSON = img.keysJSON, img.fieldsJSON, img.rowJSON
 	}
 	ni.Open = append(ni.Open, v.Version)
 	if !r.deleted {
-		ni.Fields, ni.Keys = r.fields, c.obj.Keys
+		ni.fieldsJSON, ni.keysJSON = r.fieldsJSON, r.keysJSON
 		if bc.src.KeepRows && c.row != nil {
-			ni.Row = c.row
+			ni.rowJSON = appendCanonical(make([]byte, 0, len(r.fieldsJSON)+64), c.row)
 		}
 	} else {
-		ni.Row = nil
+		ni.rowJSON = nil
 	}
 	if err := putImage(tx, typ, id, ni); err != nil {
 		return err
 	}
-	after := v.Fields
+	objKeys := c.obj.Keys
+	if r.deleted && img != nil {
+		// A delete names the object by the keys it had.
+		if err := decodeKeys(img.keysJSON, &objKeys); err != nil {
+			return fmt.Errorf("%w: image of %s/%s: keys: %v", state.ErrCorrupt, typ, id, err)
+		}
+	}
+	after := v.fieldsJSON
+	changed, err := changedJSON(before, after)
+	if err != nil {
+		return fmt.Errorf("%w: image of %s/%s: %v", state.ErrCorrupt, typ, id, err)
+	}
 	ev := Event{
 		SchemaVersion: SchemaVersion,
 		EventID:       v.EventID,
 		Sequence:      v.Sequence,
 		Emission:      bc.emission,
 		Source:        SourceRef{Name: bc.src.Name, Type: bc.src.Type, ID: bc.src.ID, Epoch: bc.ss.Epoch, Position: c.position},
-		Object:        ObjectRef{Type: typ, ID: id, Keys: ni.Keys, Version: v.Version},
+		Object:        ObjectRef{Type: typ, ID: id, Keys: objKeys, Version: v.Version},
 		Operation:     r.op,
 		Reason:        r.reason,
 		ChangeKind:    kind,
@@ -505,9 +494,9 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 			Virkningsaktoer:     bc.src.Name,
 			VirkningKilde:       r.kilde,
 		},
-		Before:     before,
-		After:      after,
-		Changed:    changedFields(before, after),
+		beforeJSON: before,
+		afterJSON:  after,
+		Changed:    changed,
 		Trace:      Trace{TransactionID: bc.txid},
 		ObservedAt: At(now),
 		Integrity:  Integrity{ContentHash: r.hash, PrevContentHash: prevHash},
@@ -548,30 +537,6 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 		bc.ss.LastChange = Ptr(c.changedAt)
 	}
 	return nil
-}
-
-// changedFields lists the sorted names whose values differ.
-func changedFields(before, after map[string]any) []string {
-	out := []string{}
-	for k, v := range after {
-		if b, ok := before[k]; !ok || !jsonEqual(b, v) {
-			if before == nil && v == nil {
-				continue
-			}
-			out = append(out, k)
-		}
-	}
-	for k, v := range before {
-		if _, ok := after[k]; !ok && !(after == nil && v == nil) {
-			out = append(out, k)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
-func jsonEqual(a, b any) bool {
-	return string(Canonical(map[string]any{"v": a})) == string(Canonical(map[string]any{"v": b}))
 }
 
 // quarantine records a change that could not be mapped, so it is visible
@@ -711,12 +676,18 @@ func (e *Engine) applyMapped(bc *batchCtx, m *mapping.Mapping, ch *capture.Chang
 		return e.remove(bc, m, img, c)
 	}
 	if len(ch.Unchanged) > 0 {
-		if img == nil || img.Row == nil {
+		var stored map[string]any
+		if img != nil {
+			if stored, err = img.row(); err != nil {
+				return fmt.Errorf("%w: image %s/%s: %v", state.ErrCorrupt, m.Type, id, err)
+			}
+		}
+		if stored == nil {
 			return e.quarantine(bc, *ch, fmt.Errorf("columns %v were not sent and no stored row has them (set REPLICA IDENTITY FULL, or reconcile with `connector snapshot`)", ch.Unchanged))
 		}
 		row = maps.Clone(row)
 		for _, col := range ch.Unchanged {
-			row[col] = img.Row[col]
+			row[col] = stored[col]
 		}
 	}
 	if ch.OldKey != nil {
@@ -793,7 +764,7 @@ func (e *Engine) Row(_ context.Context, source, record string, key map[string]an
 			if err != nil {
 				continue
 			}
-			img, err := loadImage(tx, m.Type, id)
+			img, err := readImage(tx, m.Type, id, true)
 			if err != nil {
 				return err
 			}

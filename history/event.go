@@ -87,6 +87,10 @@ type Event struct {
 	// instead of encoding the event again; whoever changes an event
 	// clears it.
 	Raw []byte `json:"-"`
+
+	// beforeJSON and afterJSON, when set, are Before and After as
+	// canonical JSON: the engine writes the images it stores as they are.
+	beforeJSON, afterJSON []byte
 }
 
 // SourceRef says where an event came from.

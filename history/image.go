@@ -5,97 +5,178 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/os2sandbox/connector/state"
 )
 
-// An image is stored as a small binary header and the JSON of the whole
-// Image. Scans that only need to know whose an object is, whether it is
-// deleted and its content hash (snapshot comparison, deletion candidates,
-// truncate) read the header and never decode the fields.
+// An image is stored as a binary record. Its first fields are what scans
+// need without the rest (snapshot comparison, deletion candidates,
+// truncate): whose the object is, whether it is deleted, its content hash
+// and valid time.
 //
-//	'i' | flags (bit 0: deleted) | uvarint len, source | uvarint len, record
-//	    | uvarint len, hash | 8 bytes virkningFra (µs, big-endian) | JSON
+//	'I' | flags (bit 0: deleted) | source | record | hash | 8 bytes virkningFra (µs)
+//	    | version | 8 bytes registreringFra | eventId | open versions
+//	    | keys JSON | fields JSON | row JSON
+//
+// Strings and JSON are uvarint-length-prefixed; the JSON is canonical
+// (AppendValue), so equal content is equal bytes. Images written before
+// this format ('i': the header, then the whole Image as JSON) are still
+// read.
 type imageHead struct {
 	Deleted bool
 	Source  string
 	Record  string
 	Hash    string
 	VirkFra int64
-	json    []byte
+	rest    []byte // the record after the head
+	legacy  bool   // rest is the JSON of the whole image
 }
 
-const imageMagic = 'i'
+const (
+	imageMagic       = 'I'
+	legacyImageMagic = 'i'
+)
 
 var errImageFormat = errors.New("not an image record")
 
-func encodeImage(img *Image) ([]byte, error) {
-	js, err := json.Marshal(img)
-	if err != nil {
-		return nil, err
-	}
-	b := make([]byte, 0, len(js)+len(img.Source)+len(img.Record)+len(img.Hash)+24)
+// encodeImage needs img's JSON parts in fieldsJSON, keysJSON and rowJSON
+// (see setFields); the maps are not read.
+func encodeImage(img *Image) []byte {
+	b := make([]byte, 0, 64+len(img.Source)+len(img.Record)+len(img.Hash)+len(img.EventID)+
+		len(img.keysJSON)+len(img.fieldsJSON)+len(img.rowJSON))
 	b = append(b, imageMagic, 0)
 	if img.Deleted {
 		b[1] = 1
 	}
-	for _, s := range []string{img.Source, img.Record, img.Hash} {
-		b = binary.AppendUvarint(b, uint64(len(s)))
-		b = append(b, s...)
-	}
+	b = appendStr(b, img.Source)
+	b = appendStr(b, img.Record)
+	b = appendStr(b, img.Hash)
 	b = binary.BigEndian.AppendUint64(b, uint64(img.VirkFra.UnixMicro()))
-	return append(b, js...), nil
+	b = binary.AppendUvarint(b, img.Version)
+	b = binary.BigEndian.AppendUint64(b, uint64(img.RegFra.UnixMicro()))
+	b = appendStr(b, img.EventID)
+	b = binary.AppendUvarint(b, uint64(len(img.Open)))
+	for _, n := range img.Open {
+		b = binary.AppendUvarint(b, n)
+	}
+	b = appendBytes(b, img.keysJSON)
+	b = appendBytes(b, img.fieldsJSON)
+	return appendBytes(b, img.rowJSON)
 }
 
 func peekImage(v []byte) (imageHead, error) {
 	var h imageHead
-	if len(v) < 2 || v[0] != imageMagic {
+	if len(v) < 2 || (v[0] != imageMagic && v[0] != legacyImageMagic) {
 		return h, errImageFormat
 	}
+	h.legacy = v[0] == legacyImageMagic
 	h.Deleted = v[1]&1 != 0
-	p := v[2:]
-	for _, dst := range []*string{&h.Source, &h.Record, &h.Hash} {
-		n, w := binary.Uvarint(p)
-		if w <= 0 || uint64(len(p)-w) < n {
-			return h, errImageFormat
-		}
-		*dst = string(p[w : w+int(n)])
-		p = p[w+int(n):]
+	r := reader{p: v[2:]}
+	h.Source, h.Record, h.Hash = r.str(), r.str(), r.str()
+	if len(r.p) < 8 {
+		r.fail()
 	}
-	if len(p) < 8 {
+	if r.err != nil {
 		return h, errImageFormat
 	}
-	h.VirkFra = int64(binary.BigEndian.Uint64(p))
-	h.json = p[8:]
+	h.VirkFra = int64(binary.BigEndian.Uint64(r.p))
+	h.rest = r.p[8:]
 	return h, nil
 }
 
-func decodeImage(v []byte) (*Image, error) {
+// decodeImage reads an image; with values false only the JSON bytes are
+// kept (Fields, Keys and Row stay nil until decodeValues).
+func decodeImage(v []byte, values bool) (*Image, error) {
 	h, err := peekImage(v)
 	if err != nil {
 		return nil, err
 	}
-	var img Image
-	if err := json.Unmarshal(h.json, &img); err != nil {
-		return nil, err
+	img := &Image{Source: h.Source, Record: h.Record, Hash: h.Hash, Deleted: h.Deleted}
+	if h.legacy {
+		if err := unmarshalExact(h.rest, img); err != nil {
+			return nil, err
+		}
+		img.fieldsJSON = appendCanonical(nil, img.Fields)
+		img.keysJSON = appendCanonical(nil, img.Keys)
+		img.rowJSON = appendCanonical(nil, img.Row)
+		return img, nil
 	}
-	return &img, nil
+	img.VirkFra = At(time.UnixMicro(h.VirkFra))
+	r := reader{p: h.rest}
+	img.Version = r.uvarint()
+	if t := r.micros(); t != nil {
+		img.RegFra = *t
+	}
+	img.EventID = r.str()
+	if n := r.uvarint(); n <= uint64(len(r.p)) {
+		img.Open = make([]uint64, n)
+		for i := range img.Open {
+			img.Open[i] = r.uvarint()
+		}
+	} else {
+		r.fail()
+	}
+	// Copies: the record lives only as long as the transaction.
+	img.keysJSON = clone(r.bytes())
+	img.fieldsJSON = clone(r.bytes())
+	img.rowJSON = clone(r.bytes())
+	if r.err != nil {
+		return nil, r.err
+	}
+	if values {
+		if err := img.decodeValues(); err != nil {
+			return nil, err
+		}
+	}
+	return img, nil
+}
+
+// decodeValues fills Fields, Keys and Row from their JSON.
+func (img *Image) decodeValues() error {
+	var err error
+	if img.Fields, err = decodeObject(img.fieldsJSON); err != nil {
+		return fmt.Errorf("fields: %w", err)
+	}
+	if img.Row, err = decodeObject(img.rowJSON); err != nil {
+		return fmt.Errorf("row: %w", err)
+	}
+	img.Keys = nil
+	if len(img.keysJSON) > 0 && string(img.keysJSON) != "null" {
+		if err := json.Unmarshal(img.keysJSON, &img.Keys); err != nil {
+			return fmt.Errorf("keys: %w", err)
+		}
+	}
+	return nil
+}
+
+// row returns the stored raw row, decoding it on first use.
+func (img *Image) row() (map[string]any, error) {
+	if img.Row == nil && len(img.rowJSON) > 0 {
+		var err error
+		if img.Row, err = decodeObject(img.rowJSON); err != nil {
+			return nil, fmt.Errorf("stored row: %w", err)
+		}
+	}
+	return img.Row, nil
 }
 
 func putImage(tx *state.Tx, typ, id string, img *Image) error {
-	b, err := encodeImage(img)
-	if err != nil {
-		return err
-	}
-	return tx.Put(state.Images, imageKey(typ, id), b)
+	return tx.Put(state.Images, imageKey(typ, id), encodeImage(img))
 }
 
+// loadImage reads an object's image for the engine (JSON parts as bytes),
+// or nil.
 func loadImage(tx *state.Tx, typ, id string) (*Image, error) {
+	return readImage(tx, typ, id, false)
+}
+
+func readImage(tx *state.Tx, typ, id string, values bool) (*Image, error) {
 	v := tx.Get(state.Images, imageKey(typ, id))
 	if v == nil {
 		return nil, nil
 	}
-	img, err := decodeImage(v)
+	img, err := decodeImage(v, values)
 	if err != nil {
 		return nil, fmt.Errorf("%w: image %s/%s: %v", state.ErrCorrupt, typ, id, err)
 	}
@@ -114,5 +195,28 @@ func peekAt(tx *state.Tx, typ, id string) (h imageHead, ok bool, err error) {
 	return h, true, nil
 }
 
+// LoadImage returns an object's current image with its values, or nil.
+func LoadImage(tx *state.Tx, typ, id string) (*Image, error) { return readImage(tx, typ, id, true) }
+
 // DecodeImage decodes a stored image value (for tools that scan images).
-func DecodeImage(v []byte) (*Image, error) { return decodeImage(v) }
+func DecodeImage(v []byte) (*Image, error) { return decodeImage(v, true) }
+
+// decodeObject decodes canonical JSON of an object (or null) with exact
+// numbers.
+func decodeObject(b []byte) (map[string]any, error) {
+	if len(b) == 0 || string(b) == "null" {
+		return nil, nil
+	}
+	var m map[string]any
+	if err := unmarshalExact(b, &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func clone(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return append(make([]byte, 0, len(b)), b...)
+}

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"unicode/utf8"
-
 )
 
 // The canonical event is rendered for every record a receiver sends, and
@@ -115,11 +114,11 @@ func AppendJSON(dst []byte, e *Event) ([]byte, error) {
 	}
 
 	dst = append(dst, `},"before":`...)
-	if dst, err = appendObject(dst, e.Before); err != nil {
+	if dst, err = appendImage(dst, e.Before, e.beforeJSON); err != nil {
 		return nil, err
 	}
 	dst = append(dst, `,"after":`...)
-	if dst, err = appendObject(dst, e.After); err != nil {
+	if dst, err = appendImage(dst, e.After, e.afterJSON); err != nil {
 		return nil, err
 	}
 	dst = append(dst, `,"changed":`...)
@@ -255,6 +254,14 @@ func isNumber(s string) bool {
 		}
 	}
 	return i == len(s)
+}
+
+// appendImage writes an image given as JSON (raw) or as a map.
+func appendImage(dst []byte, m map[string]any, raw []byte) ([]byte, error) {
+	if raw != nil {
+		return append(dst, raw...), nil
+	}
+	return appendObject(dst, m)
 }
 
 func appendObject(dst []byte, m map[string]any) ([]byte, error) {
@@ -436,4 +443,40 @@ func AppendString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// appendCanonical appends v's canonical JSON. Images hold JSON values by
+// construction (sources convert, mappings produce JSON types); anything
+// else is a bug in a source's value conversion, not bad input.
+func appendCanonical(dst []byte, v any) []byte {
+	switch m := v.(type) {
+	case map[string]any:
+		if m == nil {
+			return append(dst, "null"...)
+		}
+	case map[string]string:
+		if m == nil {
+			return append(dst, "null"...)
+		}
+		return appendStringMap(dst, m)
+	}
+	out, err := AppendValue(dst, v)
+	if err != nil {
+		panic("history: image is not JSON: " + err.Error())
+	}
+	return out
+}
+
+// unmarshalExact decodes JSON with numbers as json.Number, so that values
+// keep every digit the source gave (numeric(30,10), bigint ids).
+func unmarshalExact(b []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	if err := d.Decode(v); err != nil {
+		return err
+	}
+	if d.More() {
+		return fmt.Errorf("data after the JSON value at offset %d", d.InputOffset())
+	}
+	return nil
 }

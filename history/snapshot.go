@@ -289,7 +289,7 @@ func stagedPosition(v []byte) string {
 		return string(v[1:])
 	}
 	var so stagedObj
-	if len(v) > 0 && json.Unmarshal(v[1:], &so) == nil {
+	if len(v) > 0 && unmarshalExact(v[1:], &so) == nil {
 		return so.Position
 	}
 	return "?"
@@ -488,7 +488,7 @@ func (s *Sink) applyChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
 				return nil
 			}
 			var so stagedObj
-			if err := json.Unmarshal(v[1:], &so); err != nil {
+			if err := unmarshalExact(v[1:], &so); err != nil {
 				return fmt.Errorf("%w: staged object %q: %v", state.ErrCorrupt, k, err)
 			}
 			obj := mapping.Object{Type: typ, ID: string(k[len(prefix):]), Keys: so.Keys, Fields: so.Fields, ValidSource: so.ValidSource}
@@ -604,7 +604,7 @@ func (s *Sink) deleteChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error 
 				return nil
 			}
 			if st.Get(append([]byte("o"), k...)) == nil {
-				img, err := decodeImage(v)
+				img, err := decodeImage(v, false)
 				if err != nil {
 					return fmt.Errorf("%w: image %q: %v", state.ErrCorrupt, k, err)
 				}

@@ -332,7 +332,7 @@ func (d *Dispatcher) read(o *output) (Cursor, readBatch, error) {
 			ev := d.cache.get(seq)
 			if ev == nil {
 				ev = new(history.Event)
-				if err := json.Unmarshal(v, ev); err != nil {
+				if err := history.DecodeEvent(v, ev); err != nil {
 					return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
 				}
 				ev.Raw = bytes.Clone(v) // v lives only as long as the read transaction

@@ -249,7 +249,7 @@ func backfillEvent(tx *state.Tx, ns uuid.UUID, typ, id string, img *history.Imag
 	v := vs[len(vs)-1]
 	var orig history.Event
 	if b := tx.Get(state.Log, state.U64(v.Sequence)); b != nil {
-		_ = json.Unmarshal(b, &orig)
+		_ = history.DecodeEvent(b, &orig)
 	}
 	ev = orig
 	ev.EventID = uuid.NewSHA1(ns, []byte("backfill\x00"+typ+"\x00"+id+"\x00"+strconv.FormatUint(v.Version, 10))).String()

@@ -1,0 +1,493 @@
+package history
+
+import (
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// DecodeEvent decodes an event's JSON (as the log holds it) with exact
+// numbers (json.Number). Every receiver's dispatcher decodes every event,
+// so this is a hand-written decoder for the event's known shape, several
+// times faster than encoding/json's reflection; JSON it does not expect
+// (and its errors) goes through encoding/json, so the result is always
+// what encoding/json with UseNumber would give.
+func DecodeEvent(b []byte, e *Event) error {
+	d := decoder{b: b}
+	d.event(e)
+	d.ws()
+	if d.err == nil && d.p == len(b) {
+		return nil
+	}
+	*e = Event{}
+	return unmarshalExact(b, e)
+}
+
+var errSyntax = errors.New("unexpected JSON")
+
+type decoder struct {
+	b   []byte
+	p   int
+	err error
+}
+
+func (d *decoder) fail() {
+	if d.err == nil {
+		d.err = errSyntax
+	}
+	d.p = len(d.b)
+}
+
+func (d *decoder) ws() {
+	for d.p < len(d.b) {
+		switch d.b[d.p] {
+		case ' ', '\t', '\n', '\r':
+			d.p++
+		default:
+			return
+		}
+	}
+}
+
+// peek returns the next non-space byte, 0 at the end.
+func (d *decoder) peek() byte {
+	d.ws()
+	if d.p < len(d.b) {
+		return d.b[d.p]
+	}
+	return 0
+}
+
+func (d *decoder) expect(c byte) {
+	if d.peek() != c {
+		d.fail()
+		return
+	}
+	d.p++
+}
+
+// null consumes a null if one comes next.
+func (d *decoder) null() bool {
+	if d.peek() == 'n' && len(d.b)-d.p >= 4 && string(d.b[d.p:d.p+4]) == "null" {
+		d.p += 4
+		return true
+	}
+	return false
+}
+
+// object calls member for each member name; member must consume the value.
+func (d *decoder) object(member func(name []byte)) {
+	d.expect('{')
+	if d.peek() == '}' {
+		d.p++
+		return
+	}
+	for d.err == nil {
+		name := d.rawString()
+		d.expect(':')
+		member(name)
+		switch d.peek() {
+		case ',':
+			d.p++
+		case '}':
+			d.p++
+			return
+		default:
+			d.fail()
+		}
+	}
+}
+
+// rawString returns a string token's content when it needs no unescaping
+// and is valid UTF-8 (aliasing the input); otherwise it decodes it.
+func (d *decoder) rawString() []byte {
+	if d.peek() != '"' {
+		d.fail()
+		return nil
+	}
+	start := d.p + 1
+	simple := true
+	for i := start; i < len(d.b); i++ {
+		switch c := d.b[i]; {
+		case c == '"':
+			d.p = i + 1
+			s := d.b[start:i]
+			if simple && utf8.Valid(s) {
+				return s
+			}
+			var out string
+			if err := json.Unmarshal(d.b[start-1:i+1], &out); err != nil {
+				d.fail()
+				return nil
+			}
+			return []byte(out)
+		case c == '\\':
+			simple = false
+			i++
+		case c < 0x20:
+			d.fail()
+			return nil
+		}
+	}
+	d.fail()
+	return nil
+}
+
+func (d *decoder) str() string {
+	if d.null() {
+		return ""
+	}
+	return string(d.rawString())
+}
+
+func (d *decoder) number() []byte {
+	d.ws()
+	start := d.p
+	for d.p < len(d.b) {
+		c := d.b[d.p]
+		if (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E' {
+			d.p++
+			continue
+		}
+		break
+	}
+	n := d.b[start:d.p]
+	if !isNumber(string(n)) {
+		d.fail()
+	}
+	return n
+}
+
+func (d *decoder) uint() uint64 {
+	if d.null() {
+		return 0
+	}
+	v, err := strconv.ParseUint(string(d.number()), 10, 64)
+	if err != nil {
+		d.fail()
+	}
+	return v
+}
+
+func (d *decoder) time() Time {
+	if d.null() {
+		return Time{}
+	}
+	s := d.rawString()
+	t, err := time.Parse(time.RFC3339Nano, string(s))
+	if err != nil {
+		d.fail()
+	}
+	return At(t)
+}
+
+func (d *decoder) timePtr() *Time {
+	if d.null() {
+		return nil
+	}
+	t := d.time()
+	return &t
+}
+
+func (d *decoder) strings() []string {
+	if d.null() {
+		return nil
+	}
+	out := []string{}
+	d.expect('[')
+	if d.peek() == ']' {
+		d.p++
+		return out
+	}
+	for d.err == nil {
+		out = append(out, d.str())
+		switch d.peek() {
+		case ',':
+			d.p++
+		case ']':
+			d.p++
+			return out
+		default:
+			d.fail()
+		}
+	}
+	return out
+}
+
+func (d *decoder) stringMap() map[string]string {
+	if d.null() {
+		return nil
+	}
+	out := map[string]string{}
+	d.object(func(name []byte) { out[string(name)] = d.str() })
+	return out
+}
+
+func (d *decoder) image() map[string]any {
+	if d.null() {
+		return nil
+	}
+	if d.peek() != '{' {
+		d.fail() // encoding/json says what it is
+		return nil
+	}
+	m, _ := d.value().(map[string]any)
+	return m
+}
+
+// value decodes any JSON value as encoding/json does into an any, with
+// json.Number for numbers.
+func (d *decoder) value() any {
+	switch c := d.peek(); {
+	case c == '{':
+		m := map[string]any{}
+		d.object(func(name []byte) { m[string(name)] = d.value() })
+		return m
+	case c == '[':
+		d.p++
+		out := []any{}
+		if d.peek() == ']' {
+			d.p++
+			return out
+		}
+		for d.err == nil {
+			out = append(out, d.value())
+			switch d.peek() {
+			case ',':
+				d.p++
+			case ']':
+				d.p++
+				return out
+			default:
+				d.fail()
+			}
+		}
+		return out
+	case c == '"':
+		return string(d.rawString())
+	case c == 't' && len(d.b)-d.p >= 4 && string(d.b[d.p:d.p+4]) == "true":
+		d.p += 4
+		return true
+	case c == 'f' && len(d.b)-d.p >= 5 && string(d.b[d.p:d.p+5]) == "false":
+		d.p += 5
+		return false
+	case c == 'n' && d.null():
+		return nil
+	case c == '-' || (c >= '0' && c <= '9'):
+		return json.Number(d.number())
+	}
+	d.fail()
+	return nil
+}
+
+// skip consumes a value of a member the event does not know.
+func (d *decoder) skip() { d.value() }
+
+func (d *decoder) event(e *Event) {
+	d.object(func(name []byte) {
+		switch string(name) {
+		case "schemaVersion":
+			e.SchemaVersion = d.str()
+		case "eventId":
+			e.EventID = d.str()
+		case "sequence":
+			e.Sequence = d.uint()
+		case "emission":
+			e.Emission = d.str()
+		case "source":
+			d.sourceRef(&e.Source)
+		case "object":
+			d.objectRef(&e.Object)
+		case "operation":
+			e.Operation = d.str()
+		case "reason":
+			e.Reason = d.str()
+		case "changeKind":
+			e.ChangeKind = d.str()
+		case "supersedes":
+			e.Supersedes = d.supersedes()
+		case "bitemporal":
+			d.bitemporal(&e.Bitemporal)
+		case "before":
+			e.Before = d.image()
+		case "after":
+			e.After = d.image()
+		case "changed":
+			e.Changed = d.strings()
+		case "classification":
+			d.classification(&e.Classification)
+		case "trace":
+			if !d.null() {
+				d.object(func(name []byte) {
+					switch string(name) {
+					case "transactionId":
+						e.Trace.TransactionID = d.str()
+					case "correlationId":
+						e.Trace.CorrelationID = d.str()
+					default:
+						d.skip()
+					}
+				})
+			}
+		case "observedAt":
+			e.ObservedAt = d.time()
+		case "sourceChangedAt":
+			e.SourceChangedAt = d.timePtr()
+		case "integrity":
+			if !d.null() {
+				d.object(func(name []byte) {
+					switch string(name) {
+					case "contentHash":
+						e.Integrity.ContentHash = d.str()
+					case "prevContentHash":
+						e.Integrity.PrevContentHash = d.str()
+					default:
+						d.skip()
+					}
+				})
+			}
+		default:
+			d.skip()
+		}
+	})
+}
+
+func (d *decoder) sourceRef(s *SourceRef) {
+	if d.null() {
+		return
+	}
+	d.object(func(name []byte) {
+		switch string(name) {
+		case "name":
+			s.Name = d.str()
+		case "type":
+			s.Type = d.str()
+		case "id":
+			s.ID = d.str()
+		case "epoch":
+			s.Epoch = d.uint()
+		case "position":
+			s.Position = d.str()
+		default:
+			d.skip()
+		}
+	})
+}
+
+func (d *decoder) objectRef(o *ObjectRef) {
+	if d.null() {
+		return
+	}
+	d.object(func(name []byte) {
+		switch string(name) {
+		case "type":
+			o.Type = d.str()
+		case "id":
+			o.ID = d.str()
+		case "keys":
+			o.Keys = d.stringMap()
+		case "version":
+			o.Version = d.uint()
+		default:
+			d.skip()
+		}
+	})
+}
+
+func (d *decoder) supersedes() []Superseded {
+	if d.null() {
+		return nil
+	}
+	out := []Superseded{}
+	d.expect('[')
+	if d.peek() == ']' {
+		d.p++
+		return out
+	}
+	for d.err == nil {
+		var s Superseded
+		d.object(func(name []byte) {
+			switch string(name) {
+			case "eventId":
+				s.EventID = d.str()
+			case "registreringFra":
+				s.RegistreringFra = d.time()
+			case "virkningFra":
+				s.VirkningFra = d.time()
+			case "virkningTil":
+				s.VirkningTil = d.timePtr()
+			default:
+				d.skip()
+			}
+		})
+		out = append(out, s)
+		switch d.peek() {
+		case ',':
+			d.p++
+		case ']':
+			d.p++
+			return out
+		default:
+			d.fail()
+		}
+	}
+	return out
+}
+
+func (d *decoder) bitemporal(b *Bitemporal) {
+	if d.null() {
+		return
+	}
+	d.object(func(name []byte) {
+		switch string(name) {
+		case "registreringFra":
+			b.RegistreringFra = d.time()
+		case "registreringTil":
+			b.RegistreringTil = d.timePtr()
+		case "registreringsaktoer":
+			b.Registreringsaktoer = d.str()
+		case "virkningFra":
+			b.VirkningFra = d.time()
+		case "virkningTil":
+			b.VirkningTil = d.timePtr()
+		case "virkningsaktoer":
+			b.Virkningsaktoer = d.str()
+		case "virkningKilde":
+			b.VirkningKilde = d.str()
+		case "status":
+			b.Status = d.str()
+		case "forretningshaendelse":
+			b.Forretningshaendelse = d.str()
+		case "forretningsproces":
+			b.Forretningsproces = d.str()
+		case "forretningsomraade":
+			b.Forretningsomraade = d.str()
+		default:
+			d.skip()
+		}
+	})
+}
+
+func (d *decoder) classification(c *Classification) {
+	if d.null() {
+		return
+	}
+	d.object(func(name []byte) {
+		switch string(name) {
+		case "dataclassification":
+			c.Dataclassification = d.str()
+		case "datacategory":
+			c.Datacategory = d.str()
+		case "dataregulation":
+			c.Dataregulation = d.strings()
+		case "sikkerhedsklassificering":
+			c.Sikkerhedsklassificering = d.str()
+		case "redacted":
+			c.Redacted = d.strings()
+		default:
+			d.skip()
+		}
+	})
+}
