@@ -22,7 +22,7 @@ echo "   (created with a typo on day 1, corrected on day 2, moved on day 3)"
 $BIN history -c "$CFG" Bruger/fb9775ad-bc68-5ff4-a7ef-54ddf8970a87
 echo
 echo "== her registration valid on 2026-01-15, as known now (before the move of 2026-03-01)"
-$BIN history -c "$CFG" Bruger/fb9775ad-bc68-5ff4-a7ef-54ddf8970a87 --valid-at 2026-01-15 | head -1   # (the next line, registration time, is wall-clock)
+$BIN history -c "$CFG" Bruger/fb9775ad-bc68-5ff4-a7ef-54ddf8970a87 --valid-at 2026-01-15 | sed -n 1p   # (sed reads it all: no SIGPIPE under pipefail) (the next line, registration time, is wall-clock)
 echo
 echo "== a second snapshot of the same input changes nothing"
 $BIN snapshot -c "$CFG" --source demokommune --dry-run 2>/dev/null
