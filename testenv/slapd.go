@@ -37,6 +37,10 @@ type SlapdOptions struct {
 	// refreshOnly search can replay before the server falls back to a
 	// present phase. 0 means 10000.
 	SessionLog int
+	// Access are extra slapd.conf access rules ("access to ... by ..."),
+	// checked before the default one that lets everybody read everything.
+	// They do not bind the root DN: test with another account.
+	Access []string
 }
 
 // NewSlapd starts a slapd for tb and stops it when tb ends.
@@ -102,11 +106,11 @@ directory %[1]s/db
 index objectClass eq
 index entryCSN,entryUUID eq
 index uid,cn,ou eq
-access to * by * read
+%[6]saccess to * by * read
 overlay syncprov
 syncprov-checkpoint 100 10
 syncprov-sessionlog %[5]d
-`, dir, s.Suffix, s.RootDN, s.RootPW, sessionLog)
+`, dir, s.Suffix, s.RootDN, s.RootPW, sessionLog, accessRules(opts.Access))
 	if err := os.WriteFile(filepath.Join(dir, "slapd.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
@@ -138,6 +142,14 @@ syncprov-sessionlog %[5]d
 		return nil, err
 	}
 	return s, nil
+}
+
+func accessRules(rules []string) string {
+	var b strings.Builder
+	for _, r := range rules {
+		b.WriteString(r + "\n")
+	}
+	return b.String()
 }
 
 func (s *Slapd) start(bin string, args []string) error {

@@ -2,7 +2,6 @@ package ldap
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -318,6 +317,13 @@ func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
 			if err != nil {
 				return err
 			}
+			if ent.noKey {
+				// Matched by objectGUID, yet returned without it: hand it
+				// on whole, for the engine to quarantine.
+				s.warnNoKey(1)
+				return p.em.add(ctx, capture.Change{Record: r.name, Op: capture.OpUpsert, Values: ent.values,
+					ChangedAt: ent.changedAt, Position: s.positionOf(ent), ChangeKey: "nokey:" + p.em.txID})
+			}
 			matched[r.name][string(ent.rawKey)] = ent
 			return nil
 		})
@@ -399,14 +405,15 @@ func (s *Source) descendants(ctx context.Context, ss *session, em *emitter, rd *
 				return nil // the container itself
 			}
 			ent, err := rd.convert(r, e)
-			if errors.Is(err, errNoKey) {
-				return nil
-			}
 			if err != nil {
 				return err
 			}
 			ch := capture.Change{Record: r.name, ChangeKey: ck, Position: "below=" + key, ChangedAt: ent.changedAt}
 			switch {
+			case ent.noKey:
+				// Handed on whole: the engine quarantines it (no id).
+				s.warnNoKey(1)
+				ch.Op, ch.Values, ch.Position = capture.OpUpsert, ent.values, s.positionOf(ent)
 			case !r.base.EqualFold(d) && !r.base.AncestorOfFold(d):
 				ch.Op, ch.Reason, ch.Values = capture.OpDelete, "moved-out-of-scope", map[string]any{rd.keyAttr(): ent.key}
 			case s.cfg.DisabledAs == "delete" && ent.disabled:

@@ -3,7 +3,6 @@ package ldap
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -231,10 +230,6 @@ func (s *Source) pollSyncrepl(ctx context.Context, ss *session, cp *checkpoint, 
 // container when the entries below it must be re-read.
 func (s *Source) syncEntry(ctx context.Context, em *emitter, rd *reader, r *record, e *goldap.Entry, watermark time.Time) (*moved, error) {
 	ent, err := rd.convert(r, e)
-	if errors.Is(err, errNoKey) {
-		s.log.Error("entry skipped: no key", "source", s.cfg.Name, "record", r.name, "err", err)
-		return nil, nil
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -244,6 +239,11 @@ func (s *Source) syncEntry(ctx context.Context, em *emitter, rd *reader, r *reco
 	}
 	ch := capture.Change{Record: r.name, Op: capture.OpUpsert, Values: ent.values, ChangedAt: ent.changedAt,
 		ChangeKey: ck, Position: s.positionOf(ent)}
+	if ent.noKey {
+		// Handed on whole: the engine quarantines it (no id).
+		s.warnNoKey(1)
+		return nil, em.add(ctx, ch)
+	}
 	// createTimestamp has whole seconds: an entry created in the watermark's
 	// second counts as new.
 	existed := !watermark.IsZero() && !ent.createdAt.IsZero() && ent.createdAt.Before(watermark.Truncate(time.Second))

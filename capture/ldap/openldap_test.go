@@ -500,3 +500,61 @@ func TestLDAPBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestLDAPNoKeyQuarantined: an entry whose entryUUID the bind account may
+// not read (an ACL hides it) is handed on without a key, so the engine
+// quarantines it (DIRECTORY-CASES #4), in the snapshot, in syncrepl and in
+// the re-read below a renamed unit; it is never skipped silently. Once the
+// key is readable the entry is created like any other.
+func TestLDAPNoKeyQuarantined(t *testing.T) {
+	f := newLDAPFixture(t, testenv.SlapdOptions{Access: []string{
+		`access to attrs=entryUUID filter=(description=nokey) by * none`,
+	}})
+	reader := "cn=reader," + f.srv.Suffix
+	f.d.add(reader, map[string][]string{"objectClass": {"organizationalRole", "simpleSecurityObject"}, "cn": {"reader"}, "userPassword": {"reader-pw"}})
+	f.unit("ou=a,"+f.base, "a")
+	f.person("uid=anne,ou=a,"+f.base, "anne", nil)
+	f.person("uid=ghost,ou=a,"+f.base, "ghost", map[string][]string{"description": {"nokey"}})
+	cfg := strings.NewReplacer("bind_dn: "+f.srv.RootDN, "bind_dn: "+reader, "password: "+f.srv.RootPW, "password: reader-pw").Replace(f.config(""))
+	sink := newFakeSink(FieldDN)
+	src := newTestSource(t, cfg, capture.Options{})
+	runOnce(t, src, sink)
+	if n := sink.count("people"); n != 1 {
+		t.Fatalf("people = %d, want anne only", n)
+	}
+	quarantined := func(want int, dn string) {
+		t.Helper()
+		if len(sink.quarantined) != want {
+			t.Fatalf("quarantined %d changes, want %d: %+v", len(sink.quarantined), want, sink.quarantined)
+		}
+		q := sink.quarantined[want-1]
+		if q.Position != "dn="+dn || q.Values[FieldDN] != dn || q.Values["uid"] == nil {
+			t.Fatalf("quarantined change %+v, want the whole entry %s", q, dn)
+		}
+	}
+	ghost := "uid=ghost,ou=a," + f.base
+	quarantined(1, ghost)
+	sink.take()
+
+	// a change to it through syncrepl
+	f.d.replace(ghost, "mail", "g@x")
+	runOnce(t, src, sink)
+	quarantined(2, ghost)
+	wantEvents(t, sink.take())
+
+	// the re-read below a renamed unit
+	f.d.rename("ou=a,"+f.base, "ou=a2", "")
+	ghost = "uid=ghost,ou=a2," + f.base
+	runOnce(t, src, sink)
+	quarantined(3, ghost)
+	if len(sink.take()) != 1 {
+		t.Fatal("want only the unit's rename as an event")
+	}
+
+	// readable again: an ordinary create
+	f.d.clear(ghost, "description")
+	runOnce(t, src, sink)
+	if ev := sink.take(); len(ev) != 1 || ev[0].Op != "create" || ev[0].Key != sink.byDN("people", ghost) {
+		t.Fatalf("events %v, want the ghost's create", ev)
+	}
+}

@@ -2,7 +2,6 @@ package ldap
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -29,8 +28,6 @@ var metaAttrs = map[string]bool{
 	"modifytimestamp": true, "instancetype": true, "lastknownparent": true,
 }
 
-var errNoKey = errors.New("entry has no key attribute")
-
 // entry is one directory entry converted for the engine.
 type entry struct {
 	key       string
@@ -46,6 +43,11 @@ type entry struct {
 	disabled  bool
 	children  bool // hasSubordinates (OpenLDAP)
 	restored  bool // live, but carries lastKnownParent (came back from the deleted objects)
+	// noKey: the key attribute was not returned (no read access to it, a
+	// referral, a server without entryUUID). The entry is still handed to
+	// the engine, whose mapping cannot give it an id and quarantines it,
+	// so it is counted and visible instead of skipped.
+	noKey bool
 }
 
 // reader reads and converts entries over the lookup connection.
@@ -139,16 +141,16 @@ func (rd *reader) convert(r *record, e *goldap.Entry) (*entry, error) {
 		return nil
 	}
 	if rd.ad {
-		raw := first("objectguid")
-		if raw == nil {
-			return nil, fmt.Errorf("%s: %w objectGUID (no read access?)", e.DN, errNoKey)
+		if raw := first("objectguid"); raw == nil {
+			ent.noKey = true
+		} else {
+			key, err := GUIDString(raw)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", e.DN, err)
+			}
+			ent.key, ent.rawKey = key, raw
+			ent.values[FieldGUID] = key
 		}
-		key, err := GUIDString(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", e.DN, err)
-		}
-		ent.key, ent.rawKey = key, raw
-		ent.values[FieldGUID] = key
 		ent.changedAt = parseTime(first("whenchanged"))
 		ent.createdAt = parseTime(first("whencreated"))
 		ent.usn, _ = strconv.ParseInt(string(first("usnchanged")), 10, 64)
@@ -156,12 +158,12 @@ func (rd *reader) convert(r *record, e *goldap.Entry) (*entry, error) {
 		ent.deleted = strings.EqualFold(string(first("isdeleted")), "TRUE")
 		ent.restored = !ent.deleted && first("lastknownparent") != nil
 	} else {
-		raw := first("entryuuid")
-		if raw == nil {
-			return nil, fmt.Errorf("%s: %w entryUUID (no read access, or not an OpenLDAP-style server?)", e.DN, errNoKey)
+		if raw := first("entryuuid"); raw == nil {
+			ent.noKey = true
+		} else {
+			ent.key = strings.ToLower(string(raw))
+			ent.values[FieldUUID] = ent.key
 		}
-		ent.key = strings.ToLower(string(raw))
-		ent.values[FieldUUID] = ent.key
 		ent.changedAt = parseTime(first("modifytimestamp"))
 		ent.createdAt = parseTime(first("createtimestamp"))
 		ent.csn = string(first("entrycsn"))

@@ -345,21 +345,19 @@ func (s *Source) fullSnapshot(ctx context.Context, ss *session, sink capture.Sin
 	em.snap = &capture.SnapshotMark{ID: id, Records: s.cfg.recordNames(), Initial: initial}
 	em.epoch = epochBreak
 	rd := s.newReader(ss.lookup)
-	skipped := 0
+	noKey := 0
 	for _, r := range s.cfg.records {
 		n := 0
 		err := s.paged(ctx, ss.stream, r.baseDN, goldap.ScopeWholeSubtree, r.filter, rd.attrsFor(r), nil, func(e *goldap.Entry) error {
 			ent, err := rd.convert(r, e)
-			if errors.Is(err, errNoKey) {
-				skipped++
-				s.log.Error("entry skipped: no key", "source", s.cfg.Name, "record", r.name, "err", err)
-				return nil
-			}
 			if err != nil {
 				return err
 			}
 			if ent.deleted || (s.cfg.DisabledAs == "delete" && ent.disabled) {
 				return nil // not live: the engine deletes it as missing
+			}
+			if ent.noKey {
+				noKey++
 			}
 			n++
 			return em.add(ctx, capture.Change{Record: r.name, Op: capture.OpSnapshot, Values: ent.values,
@@ -370,16 +368,19 @@ func (s *Source) fullSnapshot(ctx context.Context, ss *session, sink capture.Sin
 		}
 		s.log.Info("snapshot record read", "source", s.cfg.Name, "record", r.name, "entries", n)
 	}
-	if skipped > 0 {
-		s.log.Warn("entries without a key were skipped", "source", s.cfg.Name, "count", skipped)
-	}
+	s.warnNoKey(noKey)
 	if err := em.flush(ctx, pos.encode(), true); err != nil {
 		return nil, err
 	}
 	return pos, nil
 }
 
+// positionOf names where a change came from. An entry without its key is
+// named by its DN, so the quarantine entry says which one it was.
 func (s *Source) positionOf(e *entry) string {
+	if e.noKey {
+		return "dn=" + e.dn
+	}
 	if e.usn != 0 {
 		return fmt.Sprintf("usn=%d", e.usn)
 	}
@@ -387,6 +388,20 @@ func (s *Source) positionOf(e *entry) string {
 		return "csn=" + e.csn
 	}
 	return ""
+}
+
+// warnNoKey says why entries without their key attribute will show up as
+// quarantined changes (the engine cannot give them an id).
+func (s *Source) warnNoKey(n int) {
+	if n == 0 {
+		return
+	}
+	attr := "entryUUID"
+	if s.cfg.Flavor == FlavorAD {
+		attr = "objectGUID"
+	}
+	s.log.Warn("entries without their key attribute were handed on and will be quarantined; give the bind account read access to "+attr,
+		"source", s.cfg.Name, "count", n)
 }
 
 // searchError explains a failed record search.
