@@ -91,7 +91,7 @@ func (f *fixture) events() []history.Event {
 	err := f.db.View(func(tx *state.Tx) error {
 		return tx.Scan(state.Log, nil, func(_, v []byte) error {
 			var ev history.Event
-			if err := json.Unmarshal(v, &ev); err != nil {
+			if err := history.DecodeEvent(v, &ev); err != nil {
 				return err
 			}
 			out = append(out, ev)
@@ -530,5 +530,33 @@ func TestTypeOrder(t *testing.T) {
 	got := history.TypeOrder(set, []string{"Rolle", "Bruger", "Enhed", "Kommune"})
 	if fmt.Sprint(got) != "[Kommune Enhed Bruger Rolle]" {
 		t.Fatalf("relation order: %v", got)
+	}
+}
+
+// Numbers keep every digit through staging, the log and the image: a
+// snapshot of an exact number, then the same number again (snapshot and
+// stream), gives one event, whose value is the number as given.
+func TestExactNumbers(t *testing.T) {
+	f := newFixture(t, personMapping(t, false), history.SourceInfo{})
+	big := json.Number("12345678901234567890.50")
+	rec := person(capture.OpSnapshot, "1", "Anna")
+	rec.Values["unit"] = big
+	for _, b := range snapshot("s1", true, rec) {
+		f.apply(b)
+	}
+	again := person(capture.OpSnapshot, "1", "Anna")
+	again.Values["unit"] = json.Number("12345678901234567890.50")
+	for _, b := range snapshot("s2", false, again) {
+		f.apply(b)
+	}
+	upd := person(capture.OpUpdate, "1", "Anna")
+	upd.Values["unit"] = json.Number("12345678901234567890.50")
+	f.apply(capture.Batch{Changes: []capture.Change{upd}})
+	evs := f.events()
+	if len(evs) != 1 {
+		t.Fatalf("got %d events, want the snapshot's one: %+v", len(evs), evs)
+	}
+	if got := evs[0].After["unit"]; got != big {
+		t.Fatalf("after.unit = %#v, want %#v", got, big)
 	}
 }
