@@ -3,8 +3,16 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -23,16 +31,23 @@ import (
 // replication tests: initdb'd in a temp dir, listening on a free loopback
 // port (TCP only), wal_level=logical, fsync off. Loopback connections are
 // trusted for every role except PasswordUser, which must give its password
-// (for authentication-failure tests).
+// (for authentication-failure tests); PostgresOptions.TLS and HBA change
+// that.
 type Postgres struct {
 	Host string // 127.0.0.1
 	Port int
-	Dir  string // holds data/, postgres.log
+	Dir  string // holds data/, postgres.log, tls/
 
 	// PasswordUser logs in with PasswordSecret only (scram-sha-256); it has
 	// the REPLICATION attribute.
 	PasswordUser   string
 	PasswordSecret string
+
+	// With PostgresOptions.TLS: CAFile is the PEM of the CA that signed the
+	// server's certificate (for sslrootcert=); OtherCAFile is a CA that did
+	// not (a wrong sslrootcert).
+	CAFile      string
+	OtherCAFile string
 
 	bin  string
 	run  *syscall.Credential // nil when not root
@@ -46,7 +61,23 @@ type PostgresOptions struct {
 	// Settings are extra postgresql.conf lines, e.g. {"wal_level": "replica"};
 	// they override the defaults.
 	Settings map[string]string
+	// TLS turns ssl on, with a server certificate for 127.0.0.1, ::1,
+	// localhost and PostgresTLSHost from a CA of the cluster's own
+	// (Postgres.CAFile). Every role but postgres (which the harness uses,
+	// without TLS) and PasswordUser must then connect over TLS: the trust
+	// lines of pg_hba.conf are hostssl lines.
+	TLS bool
+	// HBA, when not nil, replaces the trust lines of pg_hba.conf (those
+	// after the lines of postgres and PasswordUser), e.g.
+	// {"hostssl all alice 127.0.0.1/32 trust"}. A role that no line names
+	// has no pg_hba.conf entry: its connections are refused.
+	HBA []string
 }
+
+// PostgresTLSHost is a name in the TLS server certificate besides the
+// loopback ones. It resolves nowhere (.test is reserved): a test maps it to
+// 127.0.0.1 with its own resolver to connect as to a remote host.
+const PostgresTLSHost = "postgres.test"
 
 // NewPostgres starts a cluster for tb and removes it when tb ends.
 func NewPostgres(tb testing.TB, opts PostgresOptions) *Postgres {
@@ -85,6 +116,11 @@ func StartPostgres(opts PostgresOptions) (*Postgres, error) {
 		p.run = cred
 		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
 			return fail(fmt.Errorf("testenv: chown %s: %w", dir, err))
+		}
+	}
+	if opts.TLS {
+		if err := p.writeTLS(); err != nil {
+			return fail(err)
 		}
 	}
 	if err := p.initdb(opts); err != nil {
@@ -139,6 +175,11 @@ func (p *Postgres) initdb(opts PostgresOptions) error {
 		"logging_collector":  "off",
 		"log_min_messages":   "warning",
 	}
+	if opts.TLS {
+		settings["ssl"] = "on"
+		settings["ssl_cert_file"] = pgQuote(filepath.Join(p.Dir, "tls", "server.crt"))
+		settings["ssl_key_file"] = pgQuote(filepath.Join(p.Dir, "tls", "server.key"))
+	}
 	for k, v := range opts.Settings {
 		settings[k] = v
 	}
@@ -155,14 +196,116 @@ func (p *Postgres) initdb(opts PostgresOptions) error {
 	if err := pgAppend(filepath.Join(data, "postgresql.conf"), conf.String()); err != nil {
 		return err
 	}
-	// The first matching line wins: the password user must authenticate,
-	// everyone else on loopback is trusted (throwaway cluster).
-	hba := fmt.Sprintf(`host all %[1]s 127.0.0.1/32 scram-sha-256
+	// The first matching line wins: the harness's superuser is trusted
+	// (without TLS), the password user must authenticate, everyone else on
+	// loopback is trusted (throwaway cluster), over TLS if it is on.
+	hba := fmt.Sprintf(`host all postgres 127.0.0.1/32 trust
+host replication postgres 127.0.0.1/32 trust
+host all %[1]s 127.0.0.1/32 scram-sha-256
 host replication %[1]s 127.0.0.1/32 scram-sha-256
-host all all 127.0.0.1/32 trust
-host replication all 127.0.0.1/32 trust
 `, p.PasswordUser)
+	lines := opts.HBA
+	if lines == nil {
+		kind := "host"
+		if opts.TLS {
+			kind = "hostssl"
+		}
+		lines = []string{kind + " all all 127.0.0.1/32 trust", kind + " replication all 127.0.0.1/32 trust"}
+	}
+	hba += strings.Join(lines, "\n") + "\n"
 	return os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600)
+}
+
+func pgQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// writeTLS writes tls/ca.pem, tls/other-ca.pem and the server's
+// tls/server.crt and tls/server.key (readable by the server only, as it
+// demands).
+func (p *Postgres) writeTLS() error {
+	dir := filepath.Join(p.Dir, "tls")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return fmt.Errorf("testenv: postgres tls dir: %w", err)
+	}
+	ca, caKey, err := newCA("testenv postgres CA")
+	if err != nil {
+		return err
+	}
+	other, _, err := newCA("testenv unrelated CA")
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("testenv: server key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost", PostgresTLSHost},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return fmt.Errorf("testenv: server certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	p.CAFile, p.OtherCAFile = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "other-ca.pem")
+	files := []struct {
+		name string
+		typ  string
+		der  []byte
+		mode os.FileMode
+	}{
+		{"ca.pem", "CERTIFICATE", ca.Raw, 0o644},
+		{"other-ca.pem", "CERTIFICATE", other.Raw, 0o644},
+		{"server.crt", "CERTIFICATE", der, 0o644},
+		{"server.key", "PRIVATE KEY", keyDER, 0o600},
+	}
+	for _, f := range files {
+		path := filepath.Join(dir, f.name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), f.mode); err != nil {
+			return fmt.Errorf("testenv: write %s: %w", path, err)
+		}
+		if p.run != nil {
+			if err := os.Chown(path, int(p.run.Uid), int(p.run.Gid)); err != nil {
+				return fmt.Errorf("testenv: chown %s: %w", path, err)
+			}
+		}
+	}
+	return nil
+}
+
+// newCA makes a self-signed CA certificate and its key.
+func newCA(name string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("testenv: CA key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("testenv: CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cert, key, nil
 }
 
 // writePort sets the port in a file included by postgresql.conf, so that a
@@ -254,7 +397,8 @@ func (p *Postgres) Close() {
 }
 
 // DSN is a connection string for user to database db on this cluster
-// (trust authentication; sslmode=disable as the cluster has no TLS).
+// (trust authentication, sslmode=disable: with TLS on, only postgres may
+// connect so).
 func (p *Postgres) DSN(user, db string) string {
 	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", user, p.Host, p.Port, db)
 }

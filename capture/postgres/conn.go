@@ -27,21 +27,28 @@ var sessionParams = map[string]string{
 	"bytea_output":  "hex",
 }
 
-var sslmodeKV = regexp.MustCompile(`(^|\s)sslmode\s*=`)
+var (
+	sslmodeKV     = regexp.MustCompile(`(^|\s)sslmode\s*=`)
+	sslrootcertKV = regexp.MustCompile(`(^|\s)sslrootcert\s*=`)
+)
 
 // pgConfig parses the DSN. Without an sslmode (in the DSN or PGSSLMODE),
-// TLS is verified (verify-full), except to a loopback address or a Unix
-// socket, where the traffic does not leave the machine.
+// TLS is required and verified (verify-full), except to a loopback address
+// or a Unix socket, where the traffic does not leave the machine; a CA
+// given with sslrootcert asks for verify-full there too.
 func (s *Source) pgConfig() (*pgconn.Config, error) {
 	dsn := s.cfg.DSN
 	explicit := os.Getenv("PGSSLMODE") != ""
+	withCA := os.Getenv("PGSSLROOTCERT") != ""
 	isURL := strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 	if isURL {
-		if u, err := url.Parse(dsn); err == nil && u.Query().Has("sslmode") {
-			explicit = true
+		if u, err := url.Parse(dsn); err == nil {
+			explicit = explicit || u.Query().Has("sslmode")
+			withCA = withCA || u.Query().Get("sslrootcert") != ""
 		}
-	} else if sslmodeKV.MatchString(dsn) {
-		explicit = true
+	} else {
+		explicit = explicit || sslmodeKV.MatchString(dsn)
+		withCA = withCA || sslrootcertKV.MatchString(dsn)
 	}
 	withMode := func(mode string) string {
 		if explicit {
@@ -56,13 +63,27 @@ func (s *Source) pgConfig() (*pgconn.Config, error) {
 		}
 		return dsn + " sslmode=" + mode
 	}
-	cfg, err := pgconn.ParseConfig(withMode("disable"))
-	if err != nil {
+	parse := func(dsn string) (*pgconn.Config, error) {
+		cfg, err := pgconn.ParseConfig(dsn)
+		if err == nil {
+			return cfg, nil
+		}
+		if m := regexp.MustCompile(`unable to read CA file: (.*?)\)?$`).FindStringSubmatch(err.Error()); m != nil {
+			return nil, fmt.Errorf("postgres source %q: the CA file in dsn (sslrootcert) cannot be read: %s; give the path of the PEM file with the server's CA", s.name, m[1])
+		}
 		return nil, fmt.Errorf("postgres source %q: dsn cannot be parsed: %s (see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING)", s.name, redact(err))
 	}
-	if !explicit && !isLocal(cfg.Host) {
-		if cfg, err = pgconn.ParseConfig(withMode("verify-full")); err != nil {
-			return nil, fmt.Errorf("postgres source %q: dsn cannot be parsed: %s", s.name, redact(err))
+	mode := "disable"
+	if withCA {
+		mode = "verify-full"
+	}
+	cfg, err := parse(withMode(mode))
+	if err != nil {
+		return nil, err
+	}
+	if !explicit && mode == "disable" && !isLocal(cfg.Host) {
+		if cfg, err = parse(withMode("verify-full")); err != nil {
+			return nil, err
 		}
 	}
 	if cfg.ConnectTimeout == 0 {
@@ -129,10 +150,20 @@ type errTransient struct{ error }
 
 func (e errTransient) Unwrap() error { return e.error }
 
+// errFatal marks an error that a retry cannot cure (a TLS certificate that
+// does not verify) although it wraps a network error.
+type errFatal struct{ error }
+
+func (e errFatal) Unwrap() error { return e.error }
+
 func isTransient(err error) bool {
 	var t errTransient
 	if errors.As(err, &t) {
 		return true
+	}
+	var f errFatal
+	if errors.As(err, &f) {
+		return false
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -168,8 +199,14 @@ func (s *Source) explainConnect(err error, cfg *pgconn.Config) error {
 			if strings.Contains(pgErr.Message, "pg_hba.conf") {
 				// Logical replication connections match pg_hba.conf lines by
 				// database name, like ordinary ones (not "replication").
-				return fmt.Errorf("%s: the server at %s has no pg_hba.conf entry for user %q (%s); add e.g. `hostssl %s %s <agent address>/32 scram-sha-256` to pg_hba.conf, then SELECT pg_reload_conf(): %w",
-					where, addr, cfg.User, pgErr.Message, cfg.Database, cfg.User, pgErr)
+				line := fmt.Sprintf("add e.g. `hostssl %s %s <agent address>/32 scram-sha-256` to pg_hba.conf (it serves the agent's replication connection too: lines with the keyword replication are for physical replication only), then SELECT pg_reload_conf()",
+					cfg.Database, cfg.User)
+				if cfg.TLSConfig == nil {
+					// A hostssl line does not match a plain connection.
+					line = "the agent connected without TLS (sslmode=disable, or no sslmode to a loopback address): if pg_hba.conf has a hostssl line for this role, set sslmode=verify-full and sslrootcert=/path/to/ca.pem in dsn; otherwise " + line
+				}
+				return fmt.Errorf("%s: the server at %s has no pg_hba.conf entry for user %q (%s); %s: %w",
+					where, addr, cfg.User, pgErr.Message, line, pgErr)
 			}
 			return fmt.Errorf("%s: user %q may not log in at %s: %s; run ALTER ROLE %s LOGIN: %w", where, cfg.User, addr, pgErr.Message, quoteIdent(cfg.User), pgErr)
 		case "3D000":
@@ -192,11 +229,11 @@ func (s *Source) explainConnect(err error, cfg *pgconn.Config) error {
 	var hostErr x509.HostnameError
 	var invErr x509.CertificateInvalidError
 	if errors.As(err, &certErr) || errors.As(err, &hostErr) || errors.As(err, &invErr) || strings.Contains(err.Error(), "x509:") {
-		return fmt.Errorf("%s: TLS verification of %s failed (%s); give the server's CA with sslrootcert=/path/to/ca.pem in dsn (sslmode=verify-full checks the host name too); sslmode=disable only on a trusted network: %w",
-			where, addr, tlsReason(err), err)
+		return errFatal{fmt.Errorf("%s: TLS verification of %s failed (%s); give the server's CA with sslrootcert=/path/to/ca.pem in dsn (sslmode=verify-full checks the host name too); sslmode=disable only on a trusted network: %w",
+			where, addr, tlsReason(err), err)}
 	}
 	if strings.Contains(err.Error(), "server refused TLS connection") {
-		return fmt.Errorf("%s: the server at %s does not offer TLS; enable ssl = on on the server (with a certificate), or set sslmode=disable in dsn if the network is trusted: %w", where, addr, err)
+		return errFatal{fmt.Errorf("%s: the server at %s does not offer TLS; enable ssl = on on the server (with a certificate), or set sslmode=disable in dsn if the network is trusted: %w", where, addr, err)}
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) || errors.Is(err, syscall.ECONNREFUSED) {

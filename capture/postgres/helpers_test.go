@@ -35,6 +35,9 @@ func TestMain(m *testing.M) {
 	pg = p
 	code := m.Run()
 	p.Close()
+	if tlsPG.p != nil {
+		tlsPG.p.Close()
+	}
 	os.Exit(code)
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 
@@ -23,14 +22,13 @@ type decodeFunc func(text string) any
 // type map; others (domains, enums, arrays of them, extension types) from
 // pg_type, once per OID.
 type typeCache struct {
-	mu   sync.Mutex
-	m    *pgtype.Map
-	dec  map[uint32]decodeFunc
-	name map[uint32]string
+	mu  sync.Mutex
+	m   *pgtype.Map
+	dec map[uint32]decodeFunc
 }
 
 func newTypeCache() *typeCache {
-	return &typeCache{m: pgtype.NewMap(), dec: map[uint32]decodeFunc{}, name: map[uint32]string{}}
+	return &typeCache{m: pgtype.NewMap(), dec: map[uint32]decodeFunc{}}
 }
 
 // querier is the part of *pgx.Conn the type lookup needs.
@@ -75,10 +73,9 @@ func (c *typeCache) resolve(ctx context.Context, q querier, oid uint32, depth in
 	var (
 		typtype, typcategory, typdelim string
 		typelem, typbasetype           uint32
-		name                           string
 	)
-	err := q.QueryRow(ctx, `SELECT typtype::text, typcategory::text, typdelim::text, typelem, typbasetype, format_type(oid, NULL)
-		FROM pg_catalog.pg_type WHERE oid = $1`, oid).Scan(&typtype, &typcategory, &typdelim, &typelem, &typbasetype, &name)
+	err := q.QueryRow(ctx, `SELECT typtype::text, typcategory::text, typdelim::text, typelem, typbasetype
+		FROM pg_catalog.pg_type WHERE oid = $1`, oid).Scan(&typtype, &typcategory, &typdelim, &typelem, &typbasetype)
 	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			c.dec[oid] = decodeText
@@ -86,7 +83,6 @@ func (c *typeCache) resolve(ctx context.Context, q querier, oid uint32, depth in
 		}
 		return decodeText // not cached: the next relation tries again
 	}
-	c.name[oid] = name
 	d := decodeText
 	switch {
 	case typtype == "d" && typbasetype != 0:
@@ -101,19 +97,6 @@ func (c *typeCache) resolve(ctx context.Context, q querier, oid uint32, depth in
 	// Enums, composites, ranges, extension types: their text form.
 	c.dec[oid] = d
 	return d
-}
-
-// typeName is the SQL name of oid, for messages and table descriptions.
-func (c *typeCache) typeName(oid uint32) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if n, ok := c.name[oid]; ok {
-		return n
-	}
-	if t, ok := c.m.TypeForOID(oid); ok {
-		return t.Name
-	}
-	return fmt.Sprintf("oid %d", oid)
 }
 
 func builtin(oid uint32) decodeFunc {

@@ -2,10 +2,20 @@ package postgres
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -105,34 +115,75 @@ func TestFencesFor(t *testing.T) {
 	}
 }
 
+// Without sslmode: verify-full (host name checked, no plain-text
+// fallback) except on loopback, where a CA asks for verify-full too.
 func TestPgConfigTLSDefault(t *testing.T) {
 	tests := []struct {
-		dsn  string
-		want bool // TLS required
+		dsn, env string // env: PGSSLMODE
+		want     string // "", "verify-full", "no-verify"
 	}{
-		{"postgres://u@db.example.org/hr", true},
-		{"host=db.example.org user=u dbname=hr", true},
-		{"postgres://u@127.0.0.1/hr", false},
-		{"postgres://u@localhost/hr", false},
-		{"host=/var/run/postgresql user=u", false},
-		{"postgres://u@db.example.org/hr?sslmode=disable", false},
-		{"host=db.example.org sslmode=disable", false},
+		{dsn: "postgres://u@db.example.org/hr", want: "verify-full"},
+		{dsn: "host=db.example.org user=u dbname=hr", want: "verify-full"},
+		{dsn: "postgres://u@10.1.2.3/hr", want: "verify-full"},
+		{dsn: "postgres://u@127.0.0.1/hr", want: ""},
+		{dsn: "postgres://u@[::1]/hr", want: ""},
+		{dsn: "postgres://u@localhost/hr", want: ""},
+		{dsn: "host=/var/run/postgresql user=u", want: ""},
+		{dsn: "postgres://u@127.0.0.1/hr?sslrootcert=%CA%", want: "verify-full"},
+		{dsn: "host=localhost sslrootcert=%CA%", want: "verify-full"},
+		{dsn: "postgres://u@db.example.org/hr?sslmode=disable", want: ""},
+		{dsn: "host=db.example.org sslmode=disable", want: ""},
+		{dsn: "postgres://u@db.example.org/hr?sslmode=require", want: "no-verify"},
+		{dsn: "postgres://u@db.example.org/hr", env: "disable", want: ""},
+		{dsn: "postgres://u@127.0.0.1/hr", env: "verify-full", want: "verify-full"},
 	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	writeCA(t, ca)
 	for _, tt := range tests {
-		s := &Source{name: "x", cfg: Config{DSN: tt.dsn}}
-		cfg, err := s.pgConfig()
-		if err != nil {
-			t.Fatalf("%s: %v", tt.dsn, err)
-		}
-		if got := cfg.TLSConfig != nil; got != tt.want {
-			t.Errorf("%s: TLS = %v, want %v", tt.dsn, got, tt.want)
-		}
-		if tt.want && (cfg.TLSConfig.InsecureSkipVerify && cfg.TLSConfig.VerifyPeerCertificate == nil) {
-			t.Errorf("%s: TLS without verification", tt.dsn)
-		}
-		if len(cfg.Fallbacks) > 0 && tt.want {
-			t.Errorf("%s: falls back to plain text", tt.dsn)
-		}
+		t.Run(tt.dsn+" "+tt.env, func(t *testing.T) {
+			t.Setenv("PGSSLMODE", tt.env)
+			if tt.env == "" {
+				os.Unsetenv("PGSSLMODE")
+			}
+			dsn := strings.ReplaceAll(tt.dsn, "%CA%", ca)
+			s := &Source{name: "x", cfg: Config{DSN: dsn}}
+			cfg, err := s.pgConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := ""
+			if c := cfg.TLSConfig; c != nil {
+				got = "no-verify"
+				if !c.InsecureSkipVerify && c.ServerName == cfg.Host {
+					got = "verify-full"
+				}
+			}
+			if got != tt.want {
+				t.Errorf("TLS = %q, want %q", got, tt.want)
+			}
+			if len(cfg.Fallbacks) > 0 && tt.want != "" {
+				t.Errorf("falls back to plain text")
+			}
+		})
+	}
+}
+
+// writeCA writes a self-signed CA certificate (PEM) to path.
+func writeCA(t *testing.T, path string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
