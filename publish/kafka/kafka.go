@@ -50,6 +50,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -248,9 +249,14 @@ func (r *Receiver) build(ctx context.Context, events []history.Event, start int,
 	}
 	msgs := make([]message, per*(len(events)-start))
 	end, stop := len(events), error(nil)
-	// Routing may ask the cluster about a new topic: in order, one by one.
+	// The keys share one allocation; routing may ask the cluster about a
+	// new topic: in order, one by one.
+	keys := make([]byte, 0, 48*(len(events)-start))
 	for i := start; i < len(events); i++ {
-		if err := r.route(ctx, msgs[(i-start)*per:(i-start+1)*per], i, &events[i], probe); err != nil {
+		from := len(keys)
+		keys = render.AppendKey(keys, &events[i])
+		key := keys[from:len(keys):len(keys)]
+		if err := r.route(ctx, msgs[(i-start)*per:(i-start+1)*per], i, &events[i], key, probe); err != nil {
 			end, stop = i, err
 			break
 		}
@@ -264,9 +270,8 @@ func (r *Receiver) build(ctx context.Context, events []history.Event, start int,
 
 // route fills in event i's records' topics, partitions and keys: ms[0] on
 // the event topic, ms[1] on the state topic.
-func (r *Receiver) route(ctx context.Context, ms []message, i int, e *history.Event, probe bool) error {
+func (r *Receiver) route(ctx context.Context, ms []message, i int, e *history.Event, key []byte, probe bool) error {
 	topic, stateTopic := r.topicNames(e)
-	key := []byte(render.Key(e))
 	ms[0] = message{event: i, topic: topic, key: key}
 	var err error
 	if ms[0].partition, err = r.partition(ctx, topic, false, key); err != nil {
@@ -325,13 +330,49 @@ func (r *Receiver) renderAll(events []history.Event, msgs []message, start, end,
 // renderRange renders events[from:to]; their records start at
 // msgs[(from-start)*per].
 func (r *Receiver) renderRange(events []history.Event, msgs []message, start, from, to, per int) (int, error) {
+	var a arena
 	for i := from; i < to; i++ {
-		if err := r.render(msgs[(i-start)*per:(i-start+1)*per], &events[i]); err != nil {
+		if err := r.render(&a, msgs[(i-start)*per:(i-start+1)*per], &events[i]); err != nil {
 			return i, err
+		}
+		if i == from && to-from > 1 {
+			a.reserve(to - from)
 		}
 	}
 	return 0, nil
 }
+
+// arena holds what the records of a range of events are made of: header
+// values, headers and values each in one allocation rather than several
+// per record. Records keep capacity-limited slices of it, which stay
+// valid when a buffer grows.
+type arena struct {
+	buf     []byte // header values
+	headers []kafkago.Header
+	values  []byte // values not taken from the event as they are
+	scratch []byte // structured mode's attribute values
+}
+
+// reserve makes room for n events like the one rendered so far.
+func (a *arena) reserve(n int) {
+	more := func(used int) int { return used*(n-1) + used*n/8 } // and an eighth to spare
+	a.buf = slices.Grow(a.buf, more(len(a.buf)))
+	a.headers = slices.Grow(a.headers, more(len(a.headers)))
+	a.values = slices.Grow(a.values, more(len(a.values)))
+}
+
+// header appends a header whose value is v and returns the arena's
+// headers from start, capacity-limited.
+func (a *arena) header(start int, key string, v []byte) []kafkago.Header {
+	a.headers = append(a.headers, kafkago.Header{Key: key, Value: v})
+	return a.headers[start:len(a.headers):len(a.headers)]
+}
+
+// constant header values, shared by all records (kafka-go only reads them).
+var (
+	contentTypeJSON       = []byte(render.ContentTypeJSON)
+	contentTypeStructured = []byte(render.ContentTypeStructured)
+)
 
 // failure turns the first failed event index and its cause into the
 // error the dispatcher understands.
@@ -364,24 +405,31 @@ type rejection struct{ err error }
 func (e *rejection) Error() string { return e.err.Error() }
 func (e *rejection) Unwrap() error { return e.err }
 
-// render fills in the values and headers of e's routed records.
-func (r *Receiver) render(ms []message, e *history.Event) error {
+// render fills in the values and headers of e's routed records, made in
+// a.
+func (r *Receiver) render(a *arena, ms []message, e *history.Event) error {
 	m := &ms[0]
 	var err error
 	switch r.s.Format {
 	case FormatBinary:
-		if m.value, err = render.Data(e); err == nil {
-			m.headers = headers(render.Binary(r.ce.Attributes(e), "ce_"))
+		if m.value, err = a.data(e); err == nil {
+			start := len(a.headers)
+			a.buf = r.ce.AppendBinary(a.buf, e, "ce_", func(name string, v []byte) {
+				a.headers = append(a.headers, kafkago.Header{Key: name, Value: v})
+			})
+			m.headers = a.headers[start:len(a.headers):len(a.headers)]
 		}
 	case FormatStructured:
 		var data []byte
-		if data, err = render.Data(e); err == nil {
-			m.value = render.Structured(r.ce.Attributes(e), data)
-			m.headers = []kafkago.Header{{Key: "content-type", Value: []byte(render.ContentTypeStructured)}}
+		if data, err = a.data(e); err == nil {
+			from := len(a.values)
+			a.values, a.scratch = r.ce.AppendStructured(a.values, a.scratch, e, data)
+			m.value = a.values[from:len(a.values):len(a.values)]
+			m.headers = a.header(len(a.headers), "content-type", contentTypeStructured)
 		}
 	case FormatDebezium:
 		if m.value, err = render.DebeziumJSON(e); err == nil {
-			m.headers = []kafkago.Header{{Key: "content-type", Value: []byte(render.ContentTypeJSON)}}
+			m.headers = a.header(len(a.headers), "content-type", contentTypeJSON)
 		}
 	}
 	if err != nil {
@@ -394,18 +442,40 @@ func (r *Receiver) render(ms []message, e *history.Event) error {
 	// The state topic: the current image, or a tombstone once the object
 	// is gone.
 	s := &ms[1]
-	s.headers = []kafkago.Header{
-		{Key: "connector-event-id", Value: []byte(e.EventID)},
-		{Key: "connector-sequence", Value: []byte(render.Sequence(e.Sequence))},
-	}
+	start := len(a.headers)
+	from := len(a.buf)
+	a.buf = append(a.buf, e.EventID...)
+	a.header(start, "connector-event-id", a.buf[from:len(a.buf):len(a.buf)])
+	from = len(a.buf)
+	a.buf = render.AppendSequence(a.buf, e.Sequence)
+	s.headers = a.header(start, "connector-sequence", a.buf[from:len(a.buf):len(a.buf)])
 	if e.Operation != history.OpDelete && e.After != nil {
-		if s.value, err = history.AppendValue(make([]byte, 0, 1024), e.After); err != nil {
+		from := len(a.values)
+		values, err := history.AppendValue(a.values, e.After)
+		if err != nil {
 			return &rejection{fmt.Errorf("kafka receiver %q: state of %s: %w", r.name, render.Key(e), err)}
 		}
-		s.headers = append(s.headers, kafkago.Header{Key: "content-type", Value: []byte(render.ContentTypeJSON)})
+		a.values = values
+		s.value = a.values[from:len(a.values):len(a.values)]
+		s.headers = a.header(start, "content-type", contentTypeJSON)
 	}
 	s.size = recordSize(s)
 	return nil
+}
+
+// data returns the CloudEvents data of e: the logged bytes when the
+// dispatcher passed them on, else the event encoded into the arena.
+func (a *arena) data(e *history.Event) ([]byte, error) {
+	if e.Raw != nil {
+		return e.Raw, nil
+	}
+	from := len(a.values)
+	values, err := render.AppendData(a.values, e)
+	if err != nil {
+		return nil, err
+	}
+	a.values = values
+	return a.values[from:len(a.values):len(a.values)], nil
 }
 
 // topicNames returns the event and state topic of e, cached per source
@@ -421,22 +491,6 @@ func (r *Receiver) topicNames(e *history.Event) (string, string) {
 	}
 	r.names[k] = n
 	return n[0], n[1]
-}
-
-// headers turns attributes into Kafka headers; the values share one
-// allocation.
-func headers(attrs []render.Attribute) []kafkago.Header {
-	n := 0
-	for _, a := range attrs {
-		n += len(a.Value)
-	}
-	arena := make([]byte, 0, n)
-	h := make([]kafkago.Header, len(attrs))
-	for i, a := range attrs {
-		arena = append(arena, a.Value...)
-		h[i] = kafkago.Header{Key: a.Name, Value: arena[len(arena)-len(a.Value) : len(arena) : len(arena)]}
-	}
-	return h
 }
 
 // recordSize estimates a record's bytes in a v2 record batch: the

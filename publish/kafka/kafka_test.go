@@ -47,11 +47,35 @@ func sameJSON(t *testing.T, what string, want, got any) {
 
 // TestFormats delivers every kind of event in each format and reads the
 // records back as a consumer would.
+//
+// Every other event carries Raw, as the dispatcher passes on the logged
+// bytes; here they are indented, so that the test sees whether they are
+// what travels. The others are encoded by the receiver.
 func TestFormats(t *testing.T) {
 	events := lifecycle()
 	byID := map[string]history.Event{}
-	for _, e := range events {
-		byID[e.EventID] = e
+	for i := range events {
+		if i%2 == 1 {
+			canonical, err := history.AppendJSON(nil, &events[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var raw bytes.Buffer
+			json.Indent(&raw, canonical, "", " ")
+			events[i].Raw = raw.Bytes()
+		}
+		byID[events[i].EventID] = events[i]
+	}
+	// wantData is the CloudEvents data of e, byte for byte.
+	wantData := func(t *testing.T, e history.Event) []byte {
+		if e.Raw != nil {
+			return e.Raw
+		}
+		b, err := history.AppendJSON(nil, &e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
 	}
 	ce := render.CloudEvents{InstallationID: installation}
 	tests := []struct {
@@ -87,6 +111,20 @@ func TestFormats(t *testing.T) {
 			if len(header(m, "ce_sequence")) != 20 {
 				t.Errorf("ce_sequence %q is not 20 digits", header(m, "ce_sequence"))
 			}
+			// All headers, in order, as render.Binary names them.
+			var got, all []string
+			for _, h := range m.Headers {
+				got = append(got, h.Key+"="+string(h.Value))
+			}
+			for _, a := range render.Binary(ce.Attributes(&e), "ce_") {
+				all = append(all, a.Name+"="+a.Value)
+			}
+			if strings.Join(got, "\n") != strings.Join(all, "\n") {
+				t.Errorf("event %d: headers\n%s\nwant\n%s", e.Sequence, strings.Join(got, "\n"), strings.Join(all, "\n"))
+			}
+			if !bytes.Equal(m.Value, wantData(t, e)) {
+				t.Errorf("event %d: value\n%s\nwant\n%s", e.Sequence, m.Value, wantData(t, e))
+			}
 			var back history.Event
 			if err := json.Unmarshal(m.Value, &back); err != nil {
 				t.Fatal(err)
@@ -120,6 +158,9 @@ func TestFormats(t *testing.T) {
 				if got != a.Value {
 					t.Errorf("event %d: %s = %q, want %q", e.Sequence, a.Name, got, a.Value)
 				}
+			}
+			if !bytes.Equal(v["data"], wantData(t, e)) {
+				t.Errorf("event %d: data\n%s\nwant\n%s", e.Sequence, v["data"], wantData(t, e))
 			}
 			var back history.Event
 			if err := json.Unmarshal(v["data"], &back); err != nil {
@@ -192,12 +233,25 @@ func TestStateTopic(t *testing.T) {
 	if len(want) != 3 {
 		t.Fatalf("test history has %d live objects, want 3 (A, C, D)", len(want))
 	}
+	bySeq := map[string]history.Event{}
+	for _, e := range events {
+		bySeq[render.Sequence(e.Sequence)] = e
+	}
 	const stateTopic = "connector.hr.employee.state"
 	fold := func() int {
 		got := consume(t, k, []string{stateTopic}, func([]kafkago.Message) bool { return true })
 		state := map[string]map[string]any{}
 		tombstones := 0
 		for _, m := range got {
+			// Each record names its event.
+			e, ok := bySeq[header(m, "connector-sequence")]
+			if !ok || header(m, "connector-event-id") != e.EventID || string(m.Key) != "Employee/"+e.Object.ID {
+				t.Errorf("state record %s: connector-sequence %q, connector-event-id %q name no event of the key",
+					m.Key, header(m, "connector-sequence"), header(m, "connector-event-id"))
+			}
+			if ct, want := header(m, "content-type"), map[bool]string{true: "", false: "application/json"}[m.Value == nil]; ct != want {
+				t.Errorf("state record %s: content-type %q, want %q", m.Key, ct, want)
+			}
 			if m.Value == nil {
 				tombstones++
 				delete(state, string(m.Key))

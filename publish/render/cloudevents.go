@@ -10,10 +10,10 @@
 package render
 
 import (
-	"bytes"
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/os2sandbox/connector/history"
 )
@@ -47,6 +47,18 @@ func Data(e *history.Event) ([]byte, error) {
 	return b, nil
 }
 
+// AppendData appends Data(e) to dst. On error dst is returned as it was.
+func AppendData(dst []byte, e *history.Event) ([]byte, error) {
+	if e.Raw != nil {
+		return append(dst, e.Raw...), nil
+	}
+	b, err := history.AppendJSON(dst, e)
+	if err != nil {
+		return dst, fmt.Errorf("render event %s (sequence %d) as JSON: %w", e.EventID, e.Sequence, err)
+	}
+	return b, nil
+}
+
 // Attribute is one CloudEvents context attribute; Name is lower case.
 type Attribute struct {
 	Name  string
@@ -68,25 +80,62 @@ func (c CloudEvents) Source(e *history.Event) string {
 }
 
 // Type is the CloudEvents type of e: <prefix>.<object type lower>.<operation>.
-func (c CloudEvents) Type(e *history.Event) string {
-	prefix := c.TypePrefix
-	if prefix == "" {
-		prefix = DefaultTypePrefix
-	}
-	return prefix + "." + strings.ToLower(e.Object.Type) + "." + e.Operation
-}
+func (c CloudEvents) Type(e *history.Event) string { return string(c.appendType(nil, e)) }
 
 // Sequence renders a sequence number zero-padded to 20 digits, so that the
 // CloudEvents sequence extension (a string) sorts like the number.
-func Sequence(n uint64) string {
+func Sequence(n uint64) string { return string(AppendSequence(nil, n)) }
+
+// AppendSequence appends Sequence(n) to dst.
+func AppendSequence(dst []byte, n uint64) []byte {
 	const width = 20 // len("18446744073709551615")
 	var buf [width]byte
 	for i := range buf {
 		buf[i] = '0'
 	}
-	s := strconv.AppendUint(nil, n, 10)
+	s := strconv.AppendUint(buf[:0:0], n, 10) // fits: at most width digits
 	copy(buf[width-len(s):], s)
-	return string(buf[:])
+	return append(dst, buf[:]...)
+}
+
+// AppendKey appends Key(e) to dst.
+func AppendKey(dst []byte, e *history.Event) []byte {
+	dst = append(dst, e.Object.Type...)
+	dst = append(dst, '/')
+	return append(dst, e.Object.ID...)
+}
+
+// The context attributes, in the order Attributes returns them.
+const (
+	attrSpecVersion = iota
+	attrID
+	attrSource
+	attrType
+	attrDataContentType
+	attrSubject
+	attrTime
+	attrPartitionKey
+	attrSequence
+	attrRecordedTime
+	attrDataClassification
+	attrDataCategory
+	attrDataRegulation
+	attrEmission
+	attrChangeKind
+	attrReason
+	attrObjectVersion
+	attrVirkningFra
+	attrVirkningTil
+	attrSourceEpoch
+	attrTransactionID
+	attrCorrelationID
+	numAttributes
+)
+
+var attributeNames = [numAttributes]string{
+	"specversion", "id", "source", "type", "datacontenttype", "subject", "time", "partitionkey", "sequence",
+	"recordedtime", "dataclassification", "datacategory", "dataregulation", "emission", "changekind", "reason",
+	"objectversion", "virkningfra", "virkningtil", "sourceepoch", "transactionid", "correlationid",
 }
 
 // Attributes returns the context attributes of e in a fixed order: the
@@ -95,51 +144,122 @@ func Sequence(n uint64) string {
 // specification asks. Extension names are lower-case ASCII of at most 20
 // characters.
 func (c CloudEvents) Attributes(e *history.Event) []Attribute {
-	bt := &e.Bitemporal
-	cl := &e.Classification
-	attrs := make([]Attribute, 0, 24)
-	add := func(name, value string) {
-		if value != "" {
-			attrs = append(attrs, Attribute{name, value})
-		}
-	}
-	key := Key(e)
-	// Required.
-	add("specversion", SpecVersion)
-	add("id", e.EventID)
-	add("source", c.Source(e))
-	add("type", c.Type(e))
-	// Optional.
-	add("datacontenttype", ContentTypeJSON)
-	add("subject", key)
-	add("time", timeString(bt.RegistreringFra))
-	// Extensions defined by CloudEvents (partitioning, sequence, recorded
-	// time, data classification).
-	add("partitionkey", key)
-	add("sequence", Sequence(e.Sequence))
-	add("recordedtime", timeString(e.ObservedAt))
-	add("dataclassification", cl.Dataclassification)
-	add("datacategory", cl.Datacategory)
-	add("dataregulation", strings.Join(cl.Dataregulation, ","))
-	// The agent's own extensions: what a consumer routes or filters on
-	// without parsing data.
-	add("emission", e.Emission)
-	add("changekind", e.ChangeKind)
-	add("reason", e.Reason)
-	add("objectversion", strconv.FormatUint(e.Object.Version, 10))
-	add("virkningfra", timeString(bt.VirkningFra))
-	if bt.VirkningTil != nil {
-		add("virkningtil", timeString(*bt.VirkningTil))
-	}
-	add("sourceepoch", strconv.FormatUint(e.Source.Epoch, 10))
-	add("transactionid", e.Trace.TransactionID)
-	add("correlationid", e.Trace.CorrelationID)
+	attrs := make([]Attribute, 0, numAttributes)
+	c.appendAttributes(make([]byte, 0, 512), e, func(a int, value []byte) {
+		attrs = append(attrs, Attribute{attributeNames[a], string(value)})
+	})
 	return attrs
 }
 
-func timeString(t history.Time) string {
-	var buf [32]byte
-	return string(history.AppendTime(buf[:0], t))
+// appendAttributes is Attributes without an allocation per value: it
+// appends the values to buf and calls add with each attribute and its
+// value, a slice of buf whose capacity ends with the value, so that
+// appending to buf later, even when that moves it, leaves the value as it
+// was. Empty values are left out.
+func (c CloudEvents) appendAttributes(buf []byte, e *history.Event, add func(attr int, value []byte)) []byte {
+	bt := &e.Bitemporal
+	cl := &e.Classification
+	emit := func(attr, from int) { // buf[from:] is attr's value
+		if len(buf) > from {
+			add(attr, buf[from:len(buf):len(buf)])
+		}
+	}
+	str := func(attr int, s string) {
+		from := len(buf)
+		buf = append(buf, s...)
+		emit(attr, from)
+	}
+	tm := func(attr int, t history.Time) {
+		from := len(buf)
+		buf = history.AppendTime(buf, t)
+		emit(attr, from)
+	}
+	num := func(attr int, n uint64) {
+		from := len(buf)
+		buf = strconv.AppendUint(buf, n, 10)
+		emit(attr, from)
+	}
+	// Required.
+	str(attrSpecVersion, SpecVersion)
+	str(attrID, e.EventID)
+	from := len(buf)
+	buf = append(buf, "urn:connector:"...)
+	buf = append(buf, c.InstallationID...)
+	buf = append(buf, ':')
+	buf = append(buf, e.Source.ID...)
+	emit(attrSource, from)
+	from = len(buf)
+	buf = c.appendType(buf, e)
+	emit(attrType, from)
+	// Optional.
+	str(attrDataContentType, ContentTypeJSON)
+	from = len(buf)
+	buf = AppendKey(buf, e)
+	emit(attrSubject, from)
+	key := buf[from:len(buf):len(buf)]
+	tm(attrTime, bt.RegistreringFra)
+	// Extensions defined by CloudEvents (partitioning, sequence, recorded
+	// time, data classification).
+	add(attrPartitionKey, key) // the subject's bytes: the same value
+	from = len(buf)
+	buf = AppendSequence(buf, e.Sequence)
+	emit(attrSequence, from)
+	tm(attrRecordedTime, e.ObservedAt)
+	str(attrDataClassification, cl.Dataclassification)
+	str(attrDataCategory, cl.Datacategory)
+	from = len(buf)
+	for i, r := range cl.Dataregulation {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, r...)
+	}
+	emit(attrDataRegulation, from)
+	// The agent's own extensions: what a consumer routes or filters on
+	// without parsing data.
+	str(attrEmission, e.Emission)
+	str(attrChangeKind, e.ChangeKind)
+	str(attrReason, e.Reason)
+	num(attrObjectVersion, e.Object.Version)
+	tm(attrVirkningFra, bt.VirkningFra)
+	if bt.VirkningTil != nil {
+		tm(attrVirkningTil, *bt.VirkningTil)
+	}
+	num(attrSourceEpoch, e.Source.Epoch)
+	str(attrTransactionID, e.Trace.TransactionID)
+	str(attrCorrelationID, e.Trace.CorrelationID)
+	return buf
+}
+
+// appendType appends Type(e) to dst.
+func (c CloudEvents) appendType(dst []byte, e *history.Event) []byte {
+	prefix := c.TypePrefix
+	if prefix == "" {
+		prefix = DefaultTypePrefix
+	}
+	dst = append(dst, prefix...)
+	dst = append(dst, '.')
+	dst = appendLower(dst, e.Object.Type)
+	dst = append(dst, '.')
+	return append(dst, e.Operation...)
+}
+
+// appendLower appends strings.ToLower(s) to dst, without an allocation
+// when s is ASCII.
+func appendLower(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return append(dst, strings.ToLower(s)...)
+		}
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		dst = append(dst, b)
+	}
+	return dst
 }
 
 // Binary returns the headers of binary content mode: each attribute as
@@ -150,7 +270,11 @@ func Binary(attrs []Attribute, prefix string) []Attribute {
 	out := make([]Attribute, len(attrs))
 	for i, a := range attrs {
 		name, ok := names[a.Name]
-		if !ok {
+		switch {
+		case ok:
+		case a.Name == "datacontenttype":
+			name = "content-type"
+		default:
 			name = prefix + a.Name
 		}
 		out[i] = Attribute{name, a.Value}
@@ -158,39 +282,89 @@ func Binary(attrs []Attribute, prefix string) []Attribute {
 	return out
 }
 
-// binaryNames maps the attributes Attributes writes to their binary-mode
-// header names, for the Kafka and HTTP prefixes.
-var binaryNames = func() map[string]map[string]string {
-	known := []string{"specversion", "id", "source", "type", "subject", "time", "partitionkey", "sequence",
-		"recordedtime", "dataclassification", "datacategory", "dataregulation", "emission", "changekind", "reason",
-		"objectversion", "virkningfra", "virkningtil", "sourceepoch", "transactionid", "correlationid"}
-	out := map[string]map[string]string{}
-	for _, prefix := range []string{"ce_", "ce-"} {
-		m := map[string]string{"datacontenttype": "content-type"}
-		for _, n := range known {
-			m[n] = prefix + n
-		}
-		out[prefix] = m
+// AppendBinary is Binary(c.Attributes(e), prefix) for a batch of events
+// sharing one buffer: it appends the header values to buf and calls add
+// with each header's name and value, in Binary's order, and returns the
+// buffer. A value is a slice of the buffer whose capacity ends with it, so
+// it stays valid and unchanged when buf grows for later events.
+func (c CloudEvents) AppendBinary(buf []byte, e *history.Event, prefix string, add func(name string, value []byte)) []byte {
+	names := binaryHeaders[prefix]
+	if names == nil {
+		names = binaryHeaderNames(prefix)
 	}
-	return out
-}()
+	return c.appendAttributes(buf, e, func(a int, value []byte) { add(names[a], value) })
+}
+
+func binaryHeaderNames(prefix string) *[numAttributes]string {
+	var names [numAttributes]string
+	for i, n := range attributeNames {
+		names[i] = prefix + n
+	}
+	names[attrDataContentType] = "content-type"
+	return &names
+}
+
+// binaryHeaders are the header names of the Kafka and HTTP bindings, by
+// attribute; binaryNames the same by attribute name.
+var (
+	binaryHeaders = map[string]*[numAttributes]string{"ce_": binaryHeaderNames("ce_"), "ce-": binaryHeaderNames("ce-")}
+	binaryNames   = func() map[string]map[string]string {
+		out := map[string]map[string]string{}
+		for prefix, names := range binaryHeaders {
+			m := map[string]string{}
+			for i, n := range attributeNames {
+				m[n] = names[i]
+			}
+			out[prefix] = m
+		}
+		return out
+	}()
+)
 
 // Structured returns the structured-mode document: a JSON object of the
 // attributes and "data". data must be a JSON document (normally Data(e));
 // it is embedded as it is, not re-validated. The document's content type is
 // ContentTypeStructured.
 func Structured(attrs []Attribute, data []byte) []byte {
-	var b bytes.Buffer
-	b.Grow(len(data) + 64*len(attrs))
-	b.WriteByte('{')
+	b := make([]byte, 0, len(data)+64*len(attrs))
+	b = append(b, '{')
 	for _, a := range attrs {
-		b.Write(history.AppendString(nil, a.Name))
-		b.WriteByte(':')
-		b.Write(history.AppendString(nil, a.Value))
-		b.WriteByte(',')
+		b = history.AppendString(b, a.Name)
+		b = append(b, ':')
+		b = history.AppendString(b, a.Value)
+		b = append(b, ',')
 	}
-	b.WriteString(`"data":`)
-	b.Write(data)
-	b.WriteByte('}')
-	return b.Bytes()
+	b = append(b, `"data":`...)
+	b = append(b, data...)
+	return append(b, '}')
+}
+
+// AppendStructured appends Structured(c.Attributes(e), data) to dst;
+// scratch is room for the attribute values, returned for reuse.
+func (c CloudEvents) AppendStructured(dst, scratch []byte, e *history.Event, data []byte) ([]byte, []byte) {
+	dst = append(dst, '{')
+	scratch = c.appendAttributes(scratch[:0], e, func(a int, value []byte) {
+		dst = append(dst, '"')
+		dst = append(dst, attributeNames[a]...) // plain ASCII: nothing to escape
+		dst = append(dst, '"', ':')
+		dst = appendJSONBytes(dst, value)
+		dst = append(dst, ',')
+	})
+	dst = append(dst, `"data":`...)
+	dst = append(dst, data...)
+	return append(dst, '}'), scratch
+}
+
+// appendJSONBytes is history.AppendString for a value held as bytes; values
+// of plain printable ASCII without quotes or backslashes, which are nearly
+// all, are copied as they are.
+func appendJSONBytes(dst, v []byte) []byte {
+	for _, b := range v {
+		if b < 0x20 || b >= utf8.RuneSelf || b == '"' || b == '\\' {
+			return history.AppendString(dst, string(v))
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, v...)
+	return append(dst, '"')
 }

@@ -216,6 +216,78 @@ func TestBinary(t *testing.T) {
 	}
 }
 
+// variants are events that exercise every attribute: optional ones set,
+// non-ASCII and characters JSON escapes.
+func variants() []history.Event {
+	full := event(history.OpDelete, 7)
+	full.Emission = history.EmissionReplay
+	full.Bitemporal.VirkningTil = history.Ptr(t0.Add(24 * time.Hour))
+	full.Classification = history.Classification{Dataclassification: "confidential", Datacategory: "sensitive", Dataregulation: []string{"GDPR", "NIS2"}}
+	full.Trace.CorrelationID = "corr-9"
+	odd := event(history.OpCreate, 18446744073709551615)
+	odd.Object.Type = "ÆrøKøbing"
+	odd.Object.ID = "id \"quoted\" \\ with \u00e6\u00f8\u00e5 and \x01\u2028"
+	odd.Source.ID = "ldap://example.test/ou=\"x\"\\y\n\tz"
+	return []history.Event{event(history.OpCreate, 1), event(history.OpUpdate, 42), full, odd, event(history.OpSnapshot, 0)}
+}
+
+// TestAppendBinary: the batch form gives Binary's headers, and values
+// handed out for earlier events survive the shared buffer growing.
+func TestAppendBinary(t *testing.T) {
+	for _, prefix := range []string{"ce_", "ce-", "x-"} {
+		ce := CloudEvents{InstallationID: "inst", TypePrefix: "org.example"}
+		events := variants()
+		type header struct {
+			name  string
+			value []byte
+		}
+		got := make([][]header, len(events))
+		buf := make([]byte, 0, 8) // grows, and moves, many times
+		for i := range events {
+			buf = ce.AppendBinary(buf, &events[i], prefix, func(name string, value []byte) {
+				got[i] = append(got[i], header{name, value})
+			})
+		}
+		for i := range events {
+			want := Binary(ce.Attributes(&events[i]), prefix)
+			if len(got[i]) != len(want) {
+				t.Fatalf("prefix %q event %d: %d headers, want %d", prefix, i, len(got[i]), len(want))
+			}
+			for j, w := range want {
+				if g := got[i][j]; g.name != w.Name || string(g.value) != w.Value || cap(g.value) != len(g.value) {
+					t.Errorf("prefix %q event %d header %d: %s=%q (cap %d), want %s=%q", prefix, i, j, g.name, g.value, cap(g.value), w.Name, w.Value)
+				}
+			}
+		}
+	}
+	odd := variants()[3]
+	if got, want := (CloudEvents{}).Type(&odd), "dk.os2sandbox.connector."+strings.ToLower(odd.Object.Type)+".create"; got != want {
+		t.Errorf("Type = %q, want %q", got, want)
+	}
+}
+
+// TestAppendStructured: the batch form writes Structured's document.
+func TestAppendStructured(t *testing.T) {
+	ce := CloudEvents{InstallationID: "inst"}
+	var dst, scratch []byte
+	for _, e := range variants() {
+		data, err := Data(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := Structured(ce.Attributes(&e), data)
+		from := len(dst)
+		dst, scratch = ce.AppendStructured(dst, scratch, &e, data)
+		if got := dst[from:]; !bytes.Equal(got, want) {
+			t.Errorf("event %d:\ngot  %s\nwant %s", e.Sequence, got, want)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(dst[from:], &doc); err != nil {
+			t.Errorf("event %d: not JSON: %v", e.Sequence, err)
+		}
+	}
+}
+
 func TestStructured(t *testing.T) {
 	tests := []struct {
 		name string
