@@ -93,6 +93,9 @@ func TestLDAPSyncreplLifecycle(t *testing.T) {
 	unitA := sink.byDN("units", "ou=a,"+b)
 	unitB := sink.byDN("units", "ou=b,"+b)
 	v := sink.get("people", anne)
+	if v[FieldIsBase] != false || sink.get("units", unitA)[FieldIsBase] != false || sink.get("units", sink.byDN("units", b))[FieldIsBase] != true {
+		t.Errorf("isBase must be true for the unit at base_dn only")
+	}
 	if v[FieldParentUUID] != unitA {
 		t.Errorf("parentEntryUUID = %v, want unit a %s", v[FieldParentUUID], unitA)
 	}

@@ -17,6 +17,10 @@ const (
 	FieldParentGUID = "parentGUID"      // AD parent's objectGUID
 	FieldUUID       = "entryUUID"       // LDAP key
 	FieldParentUUID = "parentEntryUUID" // LDAP parent's entryUUID
+	// FieldIsBase is true for the entry at the record's base DN (the top
+	// unit), whose parent lies outside what is synced: a mapping gives it
+	// no parent without comparing DNs as text.
+	FieldIsBase = "isBase"
 )
 
 // Attributes read for the source's own bookkeeping; they enter Values only
@@ -113,6 +117,7 @@ func (rd *reader) attrsFor(r *record) []string {
 func (rd *reader) convert(r *record, e *goldap.Entry) (*entry, error) {
 	values := make(map[string]any, len(r.attrs)+len(e.Attributes)+8)
 	values[FieldDN] = e.DN
+	values[FieldIsBase] = atBase(r, e.DN)
 	ent := &entry{dn: e.DN, values: values}
 	attrs := make(map[string]*goldap.EntryAttribute, len(e.Attributes))
 	var ranged []*goldap.EntryAttribute
@@ -226,6 +231,35 @@ func (rd *reader) convert(r *record, e *goldap.Entry) (*entry, error) {
 		ent.values[FieldParentUUID] = p
 	}
 	return ent, nil
+}
+
+// atBase reports whether dn is r's base DN. Every entry a record reads lies
+// at or below its base, so only one with as many RDNs can be the base; it
+// is parsed only then.
+func atBase(r *record, dn string) bool {
+	if rdnCount(dn) != len(r.base.RDNs) {
+		return false
+	}
+	d, err := goldap.ParseDN(dn)
+	return err == nil && d.EqualFold(r.base)
+}
+
+// rdnCount counts the RDNs of dn: separators not escaped by a backslash
+// (RFC 4514 section 2.4; ';' is the older separator).
+func rdnCount(dn string) int {
+	if dn == "" {
+		return 0
+	}
+	n := 1
+	for i := 0; i < len(dn); i++ {
+		switch dn[i] {
+		case '\\':
+			i++
+		case ',', ';':
+			n++
+		}
+	}
+	return n
 }
 
 func hasAttr(list []string, name string) bool {

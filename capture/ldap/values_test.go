@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	goldap "github.com/go-ldap/ldap/v3"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/os2sandbox/connector/capture"
@@ -330,5 +331,30 @@ records:
 	_, err := New(doc.Content[0], capture.Options{Name: "d", File: "agent.yaml", Records: []string{"users"}})
 	if err == nil || !strings.Contains(err.Error(), `selects record "users"`) || !strings.HasPrefix(err.Error(), "agent.yaml:") || !configs.IsConfigError(err) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestRDNCountAndAtBase(t *testing.T) {
+	base, _ := goldap.ParseDN(`OU=Børn\, 0-6 år,DC=x`)
+	r := &record{base: base}
+	for _, tc := range []struct {
+		dn   string
+		n    int
+		base bool
+	}{
+		{"", 0, false},
+		{"DC=x", 1, false},
+		{`OU=Børn\, 0-6 år,DC=x`, 2, true},
+		{`ou=b\c3\b8rn\2C 0-6 \c3\a5r, dc=X`, 2, true}, // escapes, case, space
+		{`OU=Dagpleje,OU=Børn\, 0-6 år,DC=x`, 3, false},
+		{`OU=Andet,DC=x`, 2, false},
+		{`CN=a\\,OU=b;DC=x`, 3, false}, // an escaped backslash, then a separator
+	} {
+		if got := rdnCount(tc.dn); got != tc.n {
+			t.Errorf("rdnCount(%q) = %d, want %d", tc.dn, got, tc.n)
+		}
+		if got := atBase(r, tc.dn); got != tc.base {
+			t.Errorf("atBase(%q) = %v, want %v", tc.dn, got, tc.base)
+		}
 	}
 }

@@ -341,7 +341,9 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 		"CONNECTOR_LDAP_URL=" + srv.URL,
 		"CONNECTOR_LDAP_BIND_DN=" + srv.RootDN,
 		"CONNECTOR_LDAP_PASSWORD=" + srv.RootPW,
-		"CONNECTOR_LDAP_BASE_DN=" + base,
+		// Spelled with escapes the server never returns: the top unit is
+		// found by parsed DN (isBase), not by comparing text.
+		"CONNECTOR_LDAP_BASE_DN=" + `OU=\c3\86r\c3\b8 Kommune,` + srv.Suffix,
 		"CONNECTOR_LDAP_CA_FILE=" + ca,
 	}
 	r := runEnv(t, wd, env, "check", "-c", "org.yaml")
@@ -538,7 +540,7 @@ func TestADOrganisationPreset(t *testing.T) {
 		"CONNECTOR_AD_URL=" + srv.TLSURL,
 		"CONNECTOR_AD_BIND_DN=" + srv.AdminUPN,
 		"CONNECTOR_AD_PASSWORD=" + srv.AdminPW,
-		"CONNECTOR_AD_BASE_DN=" + base,
+		"CONNECTOR_AD_BASE_DN=" + `ou=\c3\86r\c3\b8 kommune,` + srv.BaseDN, // escapes and case AD never returns
 		"CONNECTOR_AD_CA_FILE=" + srv.CAFile,
 	}
 	r := runEnv(t, wd, env, "check", "-c", "org.yaml")
