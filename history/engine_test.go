@@ -560,3 +560,49 @@ func TestExactNumbers(t *testing.T) {
 		t.Fatalf("after.unit = %#v, want %#v", got, big)
 	}
 }
+
+// A unit tree is applied parents first, whatever order the snapshot and
+// the keys have; a relation cycle still applies every object.
+func TestSnapshotAppliesParentsFirst(t *testing.T) {
+	c := mapping.Config{
+		Type: "Unit", Source: "src", Record: "units",
+		ID:     mapping.Field{From: "id"},
+		Fields: map[string]mapping.Field{"name": {From: "name"}, "parent": {From: "parent", Relation: "Unit"}},
+	}
+	maps, _, err := mapping.NewSet([]mapping.Config{c}, map[string]bool{"src": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, maps, history.SourceInfo{})
+	unit := func(id, parent string) capture.Change {
+		v := map[string]any{"id": id, "name": "unit " + id, "parent": nil}
+		if parent != "" {
+			v["parent"] = parent
+		}
+		return capture.Change{Record: "units", Op: capture.OpSnapshot, Values: v}
+	}
+	// Keys sort children first: a4 < b3 < c2 < d1 (root), and a cycle x↔y.
+	recs := []capture.Change{unit("a4", "b3"), unit("b3", "c2"), unit("c2", "d1"), unit("d1", ""), unit("e5", "d1"),
+		unit("x", "y"), unit("y", "x")}
+	var batches []capture.Batch
+	for i, r := range recs {
+		b := capture.Batch{Snapshot: &capture.SnapshotMark{ID: "s1", Records: []string{"units"}, Initial: true, Begin: i == 0, End: i == len(recs)-1},
+			Changes: []capture.Change{r}}
+		batches = append(batches, b)
+	}
+	for _, b := range batches {
+		f.apply(b)
+	}
+	pos := map[string]int{}
+	for i, ev := range f.events() {
+		pos[ev.Object.ID] = i
+	}
+	if len(pos) != len(recs) {
+		t.Fatalf("%d objects got events, want %d: %v", len(pos), len(recs), pos)
+	}
+	for _, pair := range [][2]string{{"d1", "c2"}, {"c2", "b3"}, {"b3", "a4"}, {"d1", "e5"}} {
+		if pos[pair[0]] > pos[pair[1]] {
+			t.Errorf("%s (parent) came after %s: order %v", pair[0], pair[1], pos)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package history
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +51,70 @@ type runMeta struct {
 	ChangedAt  *Time    `json:"changedAt,omitempty"`
 	Seen       int      `json:"seen"`
 	Changed    int      `json:"changed"`
+	// A type related to itself (a unit tree) is applied in passes, each
+	// applying the objects whose related objects of the run are already
+	// applied: parents before children. Deferred and Applied count the
+	// current pass; Force applies the rest of a cycle in key order.
+	Deferred int  `json:"deferred,omitempty"`
+	Applied  int  `json:"applied,omitempty"`
+	Force    bool `json:"force,omitempty"`
+}
+
+// Staged values: 'u' + position (seen, unchanged); 'C' + the ids the
+// object relates to within its own type + JSON of a stagedObj (to apply;
+// runs staged by earlier versions have 'c' + JSON); 'a' once applied.
+const (
+	stagedUnchanged = 'u'
+	stagedChanged   = 'C'
+	stagedLegacy    = 'c'
+	stagedApplied   = 'a'
+)
+
+func encodeStaged(related []string, data []byte) []byte {
+	b := make([]byte, 0, len(data)+16)
+	b = append(b, stagedChanged)
+	b = binary.AppendUvarint(b, uint64(len(related)))
+	for _, id := range related {
+		b = appendStr(b, id)
+	}
+	return append(b, data...)
+}
+
+// decodeStaged splits a changed staged value; ok is false for other kinds.
+func decodeStaged(v []byte) (related []string, data []byte, ok bool, err error) {
+	switch {
+	case len(v) > 0 && v[0] == stagedLegacy:
+		return nil, v[1:], true, nil
+	case len(v) == 0 || v[0] != stagedChanged:
+		return nil, nil, false, nil
+	}
+	r := reader{p: v[1:]}
+	n := r.uvarint()
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		related = append(related, r.str())
+	}
+	return related, r.p, r.err == nil, r.err
+}
+
+// selfRelated lists the ids obj relates to in its own type (its parent).
+func selfRelated(m *mapping.Mapping, obj mapping.Object) []string {
+	var out []string
+	for field, target := range m.Relations() {
+		if target != m.Type {
+			continue
+		}
+		var id string
+		switch v := obj.Fields[field].(type) {
+		case string:
+			id = v
+		case json.Number:
+			id = string(v)
+		}
+		if id != "" && id != obj.ID {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 type stagedObj struct {
@@ -236,7 +301,7 @@ func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, q
 			return err
 		}
 		if found && !head.Deleted && head.Hash == ContentHash(obj.Fields) && sameValid(head, obj) {
-			if err := st.Put(key, append([]byte{'u'}, ch.Position...)); err != nil {
+			if err := st.Put(key, append([]byte{stagedUnchanged}, ch.Position...)); err != nil {
 				return err
 			}
 			continue
@@ -271,7 +336,7 @@ func (e *Engine) stage(tx *state.Tx, st *state.Staged, s *Sink, meta *runMeta, q
 		if err != nil {
 			return err
 		}
-		if err := st.Put(key, append([]byte{'c'}, data...)); err != nil {
+		if err := st.Put(key, encodeStaged(selfRelated(m, obj), data)); err != nil {
 			return err
 		}
 	}
@@ -285,11 +350,11 @@ func sameValid(h imageHead, obj mapping.Object) bool {
 }
 
 func stagedPosition(v []byte) string {
-	if len(v) > 0 && v[0] == 'u' {
+	if len(v) > 0 && v[0] == stagedUnchanged {
 		return string(v[1:])
 	}
 	var so stagedObj
-	if len(v) > 0 && unmarshalExact(v[1:], &so) == nil {
+	if _, data, ok, _ := decodeStaged(v); ok && unmarshalExact(data, &so) == nil {
 		return so.Position
 	}
 	return "?"
@@ -472,23 +537,40 @@ func (s *Sink) applyChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
 	n := 0
 	for meta.TypeIdx < len(types) {
 		typ := types[meta.TypeIdx]
+		m := e.maps.Type(typ)
+		tree := !meta.Force && hasSelfRelation(m)
 		prefix := append([]byte("o"), state.Key(typ, "")...)
 		from := prefix
 		if meta.Cursor != nil {
 			from = meta.Cursor
 		}
 		var next []byte
+		var applied [][]byte
+		appliedNow := map[string]bool{}
 		err := st.Scan(prefix, from, func(k, v []byte) error {
 			if n == e.opt.ChunkSize {
 				next = bytes.Clone(k)
 				return state.ErrStop
 			}
 			n++
-			if len(v) == 0 || v[0] != 'c' {
+			related, data, ok, err := decodeStaged(v)
+			if err != nil {
+				return fmt.Errorf("%w: staged object %q: %v", state.ErrCorrupt, k, err)
+			}
+			if !ok {
 				return nil
 			}
+			if tree {
+				for _, id := range related {
+					pk := append(bytes.Clone(prefix), id...)
+					if pv := st.Get(pk); len(pv) > 0 && (pv[0] == stagedChanged || pv[0] == stagedLegacy) && !appliedNow[string(pk)] {
+						meta.Deferred++ // its parent is not applied yet
+						return nil
+					}
+				}
+			}
 			var so stagedObj
-			if err := unmarshalExact(v[1:], &so); err != nil {
+			if err := unmarshalExact(data, &so); err != nil {
 				return fmt.Errorf("%w: staged object %q: %v", state.ErrCorrupt, k, err)
 			}
 			obj := mapping.Object{Type: typ, ID: string(k[len(prefix):]), Keys: so.Keys, Fields: so.Fields, ValidSource: so.ValidSource}
@@ -503,20 +585,48 @@ func (s *Sink) applyChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
 			if so.ChangedAt != nil {
 				c.changedAt = so.ChangedAt.Time
 			}
-			return e.upsert(bc, e.maps.Type(typ), c)
+			kc := bytes.Clone(k)
+			applied = append(applied, kc)
+			appliedNow[string(kc)] = true
+			meta.Applied++
+			return e.upsert(bc, m, c)
 		})
 		if err != nil {
 			return err
+		}
+		// Marked after the scan: a bucket must not change under its cursor.
+		for _, k := range applied {
+			if err := st.Put(k, []byte{stagedApplied}); err != nil {
+				return err
+			}
 		}
 		if next != nil {
 			meta.Cursor = next
 			return nil
 		}
-		meta.TypeIdx++
 		meta.Cursor = nil
+		if meta.Deferred > 0 {
+			// Another pass for the children; a pass that applied nothing
+			// means a cycle: the next one takes everything left.
+			meta.Force = meta.Applied == 0
+			meta.Deferred, meta.Applied = 0, 0
+			continue
+		}
+		meta.TypeIdx++
+		meta.Deferred, meta.Applied, meta.Force = 0, 0, false
 	}
 	meta.Phase, meta.Cursor, meta.TypeIdx = phaseDeleting, nil, 0
 	return nil
+}
+
+// hasSelfRelation reports whether m has a relation to its own type.
+func hasSelfRelation(m *mapping.Mapping) bool {
+	for _, target := range m.Relations() {
+		if target == m.Type {
+			return true
+		}
+	}
+	return false
 }
 
 // TypeOrder sorts types so that a type comes after the types its
