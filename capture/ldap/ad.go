@@ -357,6 +357,9 @@ func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
 			switch {
 			case ent == nil:
 				ch.Op, ch.Reason, ch.Values, ch.ChangedAt = capture.OpDelete, "moved-out-of-scope", map[string]any{FieldGUID: key}, l.changedAt
+			case ent.excluded:
+				// Below a blocked unit, or a fictive unit: out of scope.
+				ch.Op, ch.Reason, ch.Values, ch.ChangedAt = capture.OpDelete, "moved-out-of-scope", map[string]any{FieldGUID: key}, ent.changedAt
 			case s.cfg.DisabledAs == "delete" && ent.disabled:
 				ch.Op, ch.Reason, ch.Values, ch.ChangedAt = capture.OpDelete, "disabled", map[string]any{FieldGUID: key}, ent.changedAt
 			default:
@@ -414,7 +417,7 @@ func (s *Source) descendants(ctx context.Context, ss *session, em *emitter, rd *
 				// Handed on whole: the engine quarantines it (no id).
 				s.warnNoKey(1)
 				ch.Op, ch.Values, ch.Position = capture.OpUpsert, ent.values, s.positionOf(ent)
-			case !r.base.EqualFold(d) && !r.base.AncestorOfFold(d):
+			case ent.excluded || (!r.base.EqualFold(d) && !r.base.AncestorOfFold(d)):
 				ch.Op, ch.Reason, ch.Values = capture.OpDelete, "moved-out-of-scope", map[string]any{rd.keyAttr(): ent.key}
 			case s.cfg.DisabledAs == "delete" && ent.disabled:
 				ch.Op, ch.Reason, ch.Values = capture.OpDelete, "disabled", map[string]any{rd.keyAttr(): ent.key}

@@ -41,6 +41,10 @@ type checkpoint struct {
 	Watermark time.Time `json:"watermark,omitzero"`
 
 	LastReconcile time.Time `json:"lastReconcile,omitzero"`
+
+	// Marks are the unit markers when the position was taken (marks.state);
+	// when they change, a reconcile applies them.
+	Marks map[string]string `json:"marks,omitempty"`
 }
 
 const checkpointVersion = 1

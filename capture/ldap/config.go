@@ -55,6 +55,9 @@ type Config struct {
 	// container so their stored DNs follow (default true).
 	RefreshDescendants *bool `yaml:"refresh_descendants"`
 	BatchSize          int   `yaml:"batch_size"`
+	// Markers leave out fictive units (their children attach to the
+	// grandparent) and blocked subtrees.
+	Markers Markers `yaml:"markers"`
 }
 
 // TLSConfig configures ldaps:// and StartTLS. Verification is always on
@@ -280,6 +283,14 @@ func (c Config) validate(file string, node *yaml.Node) (*config, error) {
 	if c.RefreshDescendants != nil {
 		out.refreshDes = *c.RefreshDescendants
 	}
+	for which, f := range map[string]string{"fictive": c.Markers.Fictive, "blocked": c.Markers.Blocked} {
+		if f == "" {
+			continue
+		}
+		if _, err := goldap.CompileFilter(f); err != nil {
+			return nil, bad("check parentheses, and escape ( ) * \\ in values as \\28 \\29 \\2a \\5c (RFC 4515)", "markers.%s: filter %q: %v", which, f, err)
+		}
+	}
 	if c.TLS.InsecureSkipVerify && c.TLS.CAFile != "" {
 		return nil, bad("remove insecure_skip_verify: ca_file is enough", "tls: ca_file and insecure_skip_verify together")
 	}
@@ -306,9 +317,19 @@ func (c *config) hashRecords() string {
 	b, _ := json.Marshal(struct {
 		Flavor, Tracking, Base, Disabled, Binary string
 		Records                                  []rec
-	}{c.Flavor, c.ChangeTracking, strings.ToLower(c.base.String()), c.DisabledAs, c.Binary.Encoding, rs})
+		Markers                                  *Markers `json:",omitempty"`
+	}{c.Flavor, c.ChangeTracking, strings.ToLower(c.base.String()), c.DisabledAs, c.Binary.Encoding, rs, markersOrNil(c.Markers)})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
+}
+
+// markersOrNil keeps the hash of a configuration without markers as it was
+// before markers existed, so upgrading starts no new epoch.
+func markersOrNil(m Markers) *Markers {
+	if !m.any() {
+		return nil
+	}
+	return &m
 }
 
 func (c *config) recordNames() []string {

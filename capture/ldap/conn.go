@@ -14,6 +14,8 @@ import (
 	"time"
 
 	goldap "github.com/go-ldap/ldap/v3"
+
+	"github.com/os2sandbox/connector/capture"
 )
 
 // conn is a bound connection and what the server said about itself.
@@ -269,6 +271,9 @@ func permanent(err error) bool {
 func transient(err error) bool {
 	if err == nil || permanent(err) {
 		return false
+	}
+	if errors.Is(err, capture.ErrNoRun) {
+		return true // the engine dropped the staged run: read it again
 	}
 	if goldap.IsErrorAnyOf(err, goldap.ErrorNetwork, goldap.LDAPResultBusy, goldap.LDAPResultUnavailable,
 		goldap.LDAPResultServerDown, goldap.LDAPResultTimeout, goldap.LDAPResultConnectError,

@@ -250,7 +250,11 @@ func (s *Source) syncEntry(ctx context.Context, em *emitter, rd *reader, r *reco
 	if existed {
 		ch.Reason = "moved-into-scope" // counts only if the engine makes it a create
 	}
-	if s.cfg.DisabledAs == "delete" && ent.disabled {
+	switch {
+	case ent.excluded:
+		// Below a blocked unit, or a fictive unit: out of scope.
+		ch.Op, ch.Reason, ch.Values = capture.OpDelete, "moved-out-of-scope", map[string]any{rd.keyAttr(): ent.key}
+	case s.cfg.DisabledAs == "delete" && ent.disabled:
 		ch.Op, ch.Reason, ch.Values = capture.OpDelete, "disabled", map[string]any{rd.keyAttr(): ent.key}
 	}
 	if err := em.add(ctx, ch); err != nil {

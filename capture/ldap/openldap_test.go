@@ -561,3 +561,101 @@ func TestLDAPNoKeyQuarantined(t *testing.T) {
 		t.Fatalf("events %v, want the ghost's create", ev)
 	}
 }
+
+// TestLDAPUnitMarkers: a fictive unit is left out and the entries below it
+// attach to its parent; a blocked unit is left out with its subtree;
+// marking or unmarking a unit is applied by a reconcile (so the engine's
+// deletion guard counts what it removes), and unmarking restores
+// (DIRECTORY-CASES #16). Between marker changes, the feed keeps entries
+// below a blocked unit out and reattaches new children of a fictive one.
+func TestLDAPUnitMarkers(t *testing.T) {
+	f := newLDAPFixture(t, testenv.SlapdOptions{})
+	b := f.base
+	f.unit("ou=a,"+b, "a")
+	f.person("uid=pa,ou=a,"+b, "pa", nil)
+	f.d.add("ou=f,"+b, map[string][]string{"objectClass": {"organizationalUnit"}, "ou": {"f"}, "description": {"fiktiv"}})
+	f.unit("ou=c,ou=f,"+b, "c")
+	f.person("uid=pc,ou=c,ou=f,"+b, "pc", nil)
+	f.person("uid=pf,ou=f,"+b, "pf", nil)
+	f.d.add("ou=b,"+b, map[string][]string{"objectClass": {"organizationalUnit"}, "ou": {"b"}, "description": {"spærret"}})
+	f.unit("ou=d,ou=b,"+b, "d")
+	f.person("uid=pd,ou=d,ou=b,"+b, "pd", nil)
+	f.person("uid=pb,ou=b,"+b, "pb", nil)
+
+	sink := newFakeSink(FieldDN)
+	src := newTestSource(t, f.config("markers: {fictive: '(description=fiktiv)', blocked: '(description=spærret)'}\n"), capture.Options{})
+	runOnce(t, src, sink)
+	if u, p := sink.count("units"), sink.count("people"); u != 3 || p != 3 {
+		t.Fatalf("units %d (want org, a, c), people %d (want pa, pc, pf)", u, p)
+	}
+	org, c := sink.byDN("units", b), sink.byDN("units", "ou=c,ou=f,"+b)
+	pf := sink.byDN("people", "uid=pf,ou=f,"+b)
+	parent := func(rec, key string) any { return sink.get(rec, key)[FieldParentUUID] }
+	if parent("units", c) != org || parent("people", pf) != org || parent("people", sink.byDN("people", "uid=pc,ou=c,ou=f,"+b)) != c {
+		t.Fatal("children of the fictive unit must attach to its parent")
+	}
+	sink.take()
+	// reconciled: a snapshot run that is not the initial load
+	reconciled := func(from int) {
+		t.Helper()
+		if len(sink.batches) <= from || sink.batches[from].Snapshot == nil || sink.batches[from].Snapshot.Initial {
+			t.Fatal("a marker change must be applied by a reconcile")
+		}
+	}
+
+	// unblocked: the subtree comes in
+	n := len(sink.batches)
+	f.d.clear("ou=b,"+b, "description")
+	runOnce(t, src, sink)
+	reconciled(n)
+	ev := sink.take()
+	if countEvents(ev, "create", "") != 4 || len(ev) != 4 {
+		t.Fatalf("unblocking: want b, d, pb, pd created, got %v", ev)
+	}
+	// blocked again: the subtree goes, as deletions of a reconcile
+	n = len(sink.batches)
+	f.d.replace("ou=b,"+b, "description", "spærret")
+	runOnce(t, src, sink)
+	reconciled(n)
+	if ev = sink.take(); countEvents(ev, "delete", "reconciliation-missing") != 4 || len(ev) != 4 {
+		t.Fatalf("blocking: want 4 deletions, got %v", ev)
+	}
+
+	// no longer fictive: the unit comes in, its children attach to it
+	f.d.clear("ou=f,"+b, "description")
+	runOnce(t, src, sink)
+	fu := sink.byDN("units", "ou=f,"+b)
+	wantEvents(t, sink.take(), event{Op: "create", Record: "units", Key: fu},
+		event{Op: "update", Record: "units", Key: c, Changed: []string{FieldParentUUID}},
+		event{Op: "update", Record: "people", Key: pf, Changed: []string{FieldParentUUID}})
+	if parent("units", c) != fu {
+		t.Fatal("c did not attach to f")
+	}
+	// fictive again
+	f.d.replace("ou=f,"+b, "description", "fiktiv")
+	runOnce(t, src, sink)
+	wantEvents(t, sink.take(), event{Op: "delete", Record: "units", Key: fu, Reason: "reconciliation-missing"},
+		event{Op: "update", Record: "units", Key: c, Changed: []string{FieldParentUUID}},
+		event{Op: "update", Record: "people", Key: pf, Changed: []string{FieldParentUUID}})
+
+	// the feed between marker changes: a new unit below the fictive one
+	// attaches to its parent, an entry created below the blocked unit
+	// stays out, one moved there leaves
+	n = len(sink.batches)
+	f.unit("ou=g,ou=f,"+b, "g")
+	f.person("uid=pn,ou=b,"+b, "pn", nil)
+	pa := sink.byDN("people", "uid=pa,ou=a,"+b)
+	f.d.rename("uid=pa,ou=a,"+b, "uid=pa", "ou=b,"+b)
+	runOnce(t, src, sink)
+	for _, bt := range sink.batches[n:] {
+		if bt.Snapshot != nil {
+			t.Fatal("no marker changed: the feed, not a reconcile, must carry these")
+		}
+	}
+	g := sink.byDN("units", "ou=g,ou=f,"+b)
+	wantEvents(t, sink.take(), event{Op: "create", Record: "units", Key: g},
+		event{Op: "delete", Record: "people", Key: pa, Reason: "moved-out-of-scope"})
+	if parent("units", g) != org {
+		t.Fatal("a new child of the fictive unit must attach to its parent")
+	}
+}

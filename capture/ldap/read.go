@@ -52,6 +52,8 @@ type entry struct {
 	// the engine, whose mapping cannot give it an id and quarantines it,
 	// so it is counted and visible instead of skipped.
 	noKey bool
+	// excluded: a marker leaves it out (blocked, or a fictive unit).
+	excluded bool
 }
 
 // reader reads and converts entries over the lookup connection.
@@ -60,6 +62,7 @@ type reader struct {
 	c       *conn // for lookups: ranges, parents, re-reads
 	conv    *converter
 	ad      bool
+	marks   *marks // the cycle's unit markers; nil when none
 	parents map[string]parentRef
 	// rawParents caches by the parent DN as the server spells it.
 	rawParents map[string]any
@@ -76,6 +79,7 @@ func (s *Source) newReader(c *conn) *reader {
 		c:       c,
 		conv:    &converter{schema: c.schema, encoding: s.cfg.Binary.Encoding, hash: s.cfg.hash},
 		ad:      s.cfg.Flavor == FlavorAD,
+		marks:   s.marks,
 		parents: map[string]parentRef{},
 
 		rawParents: map[string]any{},
@@ -229,6 +233,13 @@ func (rd *reader) convert(r *record, e *goldap.Entry) (*entry, error) {
 			return nil, err
 		}
 		ent.values[FieldParentUUID] = p
+	}
+	if rd.marks != nil {
+		parent := FieldParentUUID
+		if rd.ad {
+			parent = FieldParentGUID
+		}
+		ent.excluded = rd.marks.apply(ent, parent)
 	}
 	return ent, nil
 }

@@ -37,6 +37,7 @@ type Source struct {
 	sess  *session
 	retry time.Duration // first retry delay; doubles up to a minute
 	chunk int           // changed objects re-read per round trip
+	marks *marks        // the unit markers of the current cycle
 }
 
 var (
@@ -227,6 +228,15 @@ func (s *Source) cycle(ctx context.Context, cp *checkpoint, brk string, sink cap
 		s.log.Warn("new epoch: full reconcile", "source", s.cfg.Name, "reason", brk)
 		return s.fullSnapshot(ctx, ss, sink, false, brk, nil)
 	}
+	if s.marks, err = s.readMarks(ctx, ss.lookup, s.newReader(ss.lookup)); err != nil {
+		return nil, err
+	}
+	if s.marks.changed(cp.Marks) {
+		// A unit marked or unmarked changes what lies in scope below it:
+		// a reconcile applies that, under the engine's deletion guard.
+		s.log.Info("unit markers changed: reconcile", "source", s.cfg.Name)
+		return s.fullSnapshot(ctx, ss, sink, false, "", nil)
+	}
 	next, err := s.incremental(ctx, ss, cp, sink)
 	var ee *errEpoch
 	var er *errReconcile
@@ -342,8 +352,18 @@ func (s *Source) fullSnapshot(ctx context.Context, ss *session, sink capture.Sin
 	pos.LastReconcile = s.now().UTC()
 	id := fmt.Sprintf("%s-%d", s.cfg.Name, s.now().UnixNano())
 	em := newEmitter(sink, s.cfg.BatchSize, "snapshot:"+id)
-	em.snap = &capture.SnapshotMark{ID: id, Records: s.cfg.recordNames(), Initial: initial}
+	// Every run but the first load repairs drift: its events are emitted
+	// as reconcile, and its deletions say reconciliation-missing.
+	em.snap = &capture.SnapshotMark{ID: id, Records: s.cfg.recordNames(), Initial: initial, Reconcile: !initial}
 	em.epoch = epochBreak
+	m, err := s.readMarks(ctx, ss.lookup, s.newReader(ss.lookup))
+	if err != nil {
+		return nil, err
+	}
+	s.marks, pos.Marks = m, nil
+	if m != nil {
+		pos.Marks = m.state
+	}
 	rd := s.newReader(ss.lookup)
 	noKey := 0
 	for _, r := range s.cfg.records {
@@ -353,7 +373,7 @@ func (s *Source) fullSnapshot(ctx context.Context, ss *session, sink capture.Sin
 			if err != nil {
 				return err
 			}
-			if ent.deleted || (s.cfg.DisabledAs == "delete" && ent.disabled) {
+			if ent.deleted || ent.excluded || (s.cfg.DisabledAs == "delete" && ent.disabled) {
 				return nil // not live: the engine deletes it as missing
 			}
 			if ent.noKey {
@@ -483,6 +503,9 @@ func (s *Source) Check(ctx context.Context) error {
 		if err != nil && !goldap.IsErrorWithCode(err, goldap.LDAPResultSizeLimitExceeded) {
 			return s.searchError(r, err)
 		}
+	}
+	if _, err := s.readMarks(ctx, c, s.newReader(c)); err != nil {
+		return err
 	}
 	switch s.cfg.ChangeTracking {
 	case TrackDirSync:

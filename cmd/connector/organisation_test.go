@@ -63,6 +63,18 @@ func presetDir(t *testing.T, name string) string {
 	return dir
 }
 
+// uncommentMarkers turns on the preset's commented markers example.
+func uncommentMarkers(t *testing.T, dir string) {
+	t.Helper()
+	p := filepath.Join(dir, "org.yaml")
+	cfg := readString(t, p)
+	on := strings.NewReplacer("    # markers:\n", "    markers:\n", "    #   fictive:", "      fictive:", "    #   blocked:", "      blocked:").Replace(cfg)
+	if strings.Count(on, "\n    markers:\n      fictive:") != 1 || !strings.Contains(on, "\n      blocked:") {
+		t.Fatal("the preset has no commented markers example to turn on")
+	}
+	writeFile(t, p, on)
+}
+
 // orgEvent is the part of an event these tests look at.
 type orgEvent struct {
 	raw        string
@@ -335,6 +347,7 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 	}
 
 	wd := presetDir(t, "ldap-organisation.yaml")
+	uncommentMarkers(t, wd)
 	ca := filepath.Join(wd, "ca.pem")
 	writeCA(t, ca)
 	env := []string{
@@ -478,6 +491,50 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 		// syncrepl names only the deleted entryUUID, no time: valid time is
 		// when the connector saw the deletion.
 		t.Errorf("deleted user: virkningKilde %q, want observed", e.Bitemporal.VirkningKilde)
+	}
+
+	// The preset's markers (DIRECTORY-CASES #16). Løn marked fictive: the
+	// unit is deleted, its users now lie in Økonomi.
+	d.replace(loen, "description", "fiktiv")
+	once()
+	evs = out.next(t)
+	checkOrgEvents(t, evs, cprs)
+	if len(evs) != 5 {
+		t.Fatalf("fictive Løn: want its delete and 4 users moved to oeko, got %v", evs)
+	}
+	for _, e := range evs {
+		switch {
+		case e.Object.ID == id(ue, "Løn"):
+			if e.Operation != "delete" || e.Emission != "reconcile" {
+				t.Errorf("fictive unit: %v (%s)", e, e.Emission)
+			}
+		case e.Operation != "update" || !slices.Equal(e.Changed, []string{"enhed"}) || e.After["enhed"] != id(ue, "oeko"):
+			t.Errorf("user below the fictive unit: %v, enhed %v", e, e.After["enhed"])
+		}
+	}
+	// Dagpleje blocked: it goes with its 6 users; unblocked, they return.
+	d.replace(dagpleje, "description", "spærret")
+	once()
+	evs = out.next(t)
+	if len(evs) != 7 {
+		t.Fatalf("blocked Dagpleje: want 7 deletes, got %v", evs)
+	}
+	for _, e := range evs {
+		if e.Operation != "delete" {
+			t.Errorf("blocked subtree: %v", e)
+		}
+	}
+	d.replace(dagpleje, "description", "Dagplejen")
+	once()
+	evs = out.next(t)
+	checkOrgEvents(t, evs, cprs)
+	if len(evs) != 7 {
+		t.Fatalf("unblocked Dagpleje: want 7 undeletes, got %v", evs)
+	}
+	for _, e := range evs {
+		if e.Operation != "undelete" {
+			t.Errorf("unblocked subtree: %v", e)
+		}
 	}
 
 	// Nothing changed: nothing happens.
