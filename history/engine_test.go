@@ -583,7 +583,7 @@ func TestSnapshotAppliesParentsFirst(t *testing.T) {
 	}
 	// Keys sort children first: a4 < b3 < c2 < d1 (root), and a cycle x↔y.
 	recs := []capture.Change{unit("a4", "b3"), unit("b3", "c2"), unit("c2", "d1"), unit("d1", ""), unit("e5", "d1"),
-		unit("x", "y"), unit("y", "x")}
+		unit("x", "y"), unit("y", "x"), unit("p1", ""), unit("q2", "p1"), unit("r3", "q2")}
 	var batches []capture.Batch
 	for i, r := range recs {
 		b := capture.Batch{Snapshot: &capture.SnapshotMark{ID: "s1", Records: []string{"units"}, Initial: true, Begin: i == 0, End: i == len(recs)-1},
@@ -603,6 +603,29 @@ func TestSnapshotAppliesParentsFirst(t *testing.T) {
 	for _, pair := range [][2]string{{"d1", "c2"}, {"c2", "b3"}, {"b3", "a4"}, {"d1", "e5"}} {
 		if pos[pair[0]] > pos[pair[1]] {
 			t.Errorf("%s (parent) came after %s: order %v", pair[0], pair[1], pos)
+		}
+	}
+
+	// A reconcile without the trees d1…a4 and p1…r3 deletes children
+	// first, whatever order their keys have.
+	before := len(f.events())
+	keep := []capture.Change{unit("x", "y"), unit("y", "x"), unit("e5", "")}
+	for i, r := range keep {
+		f.apply(capture.Batch{Snapshot: &capture.SnapshotMark{ID: "s2", Records: []string{"units"}, Begin: i == 0, End: i == len(keep)-1},
+			Changes: []capture.Change{r}})
+	}
+	deleted := map[string]int{}
+	for i, ev := range f.events()[before:] {
+		if ev.Operation == history.OpDelete {
+			deleted[ev.Object.ID] = i
+		}
+	}
+	if len(deleted) != 7 {
+		t.Fatalf("deleted %v, want the 7 objects of two trees", deleted)
+	}
+	for _, pair := range [][2]string{{"a4", "b3"}, {"b3", "c2"}, {"c2", "d1"}, {"r3", "q2"}, {"q2", "p1"}} {
+		if deleted[pair[0]] > deleted[pair[1]] {
+			t.Errorf("%s (child) deleted after %s: %v", pair[0], pair[1], deleted)
 		}
 	}
 }

@@ -58,6 +58,8 @@ type runMeta struct {
 	Deferred int  `json:"deferred,omitempty"`
 	Applied  int  `json:"applied,omitempty"`
 	Force    bool `json:"force,omitempty"`
+	// Listed: the deletions are staged ('d' keys), in order.
+	Listed bool `json:"listed,omitempty"`
 }
 
 // Staged values: 'u' + position (seen, unchanged); 'C' + the ids the
@@ -679,27 +681,76 @@ func TypeOrder(maps *mapping.Set, types []string) []string {
 	return out
 }
 
-// deleteChunk deletes, a chunk at a time, live objects the run did not see.
+// deleteChunk deletes, a chunk at a time, live objects the run did not
+// see: children before parents. It first lists them in the staging area
+// ('d' keys: reverse relation order of types, then deepest first within a
+// type related to itself), then deletes in that order.
 func (s *Sink) deleteChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
-	e := s.e
-	// Children before parents: the reverse of the apply order.
-	types := TypeOrder(e.maps, e.maps.TypesOf(s.src.Name, meta.Records))
-	slices.Reverse(types)
-	// Cursor is the type's index and the image key of the next object.
-	type victim struct {
-		typ, id string
-		img     *Image
+	if !meta.Listed {
+		return s.listDeletions(bc, st, meta)
 	}
+	e := s.e
+	var changedAt time.Time
+	if meta.ChangedAt != nil {
+		changedAt = meta.ChangedAt.Time
+	}
+	from := []byte("d")
+	if meta.Cursor != nil {
+		from = meta.Cursor
+	}
+	type victim struct{ typ, id string }
 	var victims []victim
 	var next []byte
+	err := st.Scan([]byte("d"), from, func(k, _ []byte) error {
+		if len(victims) == e.opt.ChunkSize {
+			next = bytes.Clone(k)
+			return state.ErrStop
+		}
+		r := reader{p: k[5:]} // 'd', type index, inverted depth
+		victims = append(victims, victim{r.str(), r.str()})
+		return r.err
+	})
+	if err != nil {
+		return fmt.Errorf("%w: staged deletion: %v", state.ErrCorrupt, err)
+	}
+	for _, v := range victims {
+		img, err := loadImage(bc.tx, v.typ, v.id)
+		if err != nil {
+			return err
+		}
+		c := change{obj: mapping.Object{Type: v.typ, ID: v.id}, changedAt: changedAt}
+		if img != nil {
+			c.rec = img.Record
+		}
+		if err := e.remove(bc, e.maps.Type(v.typ), img, c); err != nil {
+			return err
+		}
+	}
+	if next != nil {
+		meta.Cursor = next
+		return nil
+	}
+	meta.Phase, meta.Cursor = "", nil
+	return nil
+}
+
+// listDeletions finds, a chunk of images at a time, the live objects the
+// run did not see and stages their deletion keys.
+func (s *Sink) listDeletions(bc *batchCtx, st *state.Staged, meta *runMeta) error {
+	e := s.e
+	types := TypeOrder(e.maps, e.maps.TypesOf(s.src.Name, meta.Records))
+	slices.Reverse(types) // children's types first
 	seen := 0
 	for ; meta.TypeIdx < len(types); meta.TypeIdx, meta.Cursor = meta.TypeIdx+1, nil {
 		typ := types[meta.TypeIdx]
+		m := e.maps.Type(typ)
+		tree := hasSelfRelation(m)
 		prefix := state.Key(typ, "")
 		from := prefix
 		if meta.Cursor != nil {
 			from = meta.Cursor
 		}
+		var next []byte
 		err := bc.tx.ScanFrom(state.Images, prefix, from, func(k, v []byte) error {
 			if seen == e.opt.ChunkSize {
 				next = bytes.Clone(k)
@@ -710,41 +761,57 @@ func (s *Sink) deleteChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error 
 			if err != nil {
 				return fmt.Errorf("%w: image %q: %v", state.ErrCorrupt, k, err)
 			}
-			if h.Deleted || h.Source != s.src.Name || !contains(meta.Records, h.Record) {
+			if h.Deleted || h.Source != s.src.Name || !contains(meta.Records, h.Record) || st.Get(append([]byte("o"), k...)) != nil {
 				return nil
 			}
-			if st.Get(append([]byte("o"), k...)) == nil {
-				img, err := decodeImage(v, false)
-				if err != nil {
-					return fmt.Errorf("%w: image %q: %v", state.ErrCorrupt, k, err)
+			id := string(k[len(prefix):])
+			depth := 0
+			if tree {
+				if depth, err = e.depth(bc.tx, m, id); err != nil {
+					return err
 				}
-				victims = append(victims, victim{typ, string(k[len(prefix):]), img})
 			}
-			return nil
+			key := []byte{'d'}
+			key = binary.BigEndian.AppendUint16(key, uint16(meta.TypeIdx))
+			key = binary.BigEndian.AppendUint16(key, uint16(maxDepth-depth))
+			key = appendStr(appendStr(key, typ), id)
+			return st.Put(key, nil)
 		})
 		if err != nil {
 			return err
 		}
 		if next != nil {
-			break
+			meta.Cursor = next
+			return nil
 		}
 	}
-	var changedAt time.Time
-	if meta.ChangedAt != nil {
-		changedAt = meta.ChangedAt.Time
-	}
-	for _, v := range victims {
-		c := change{rec: v.img.Record, obj: mapping.Object{Type: v.typ, ID: v.id}, changedAt: changedAt}
-		if err := e.remove(bc, e.maps.Type(v.typ), v.img, c); err != nil {
-			return err
-		}
-	}
-	if next != nil {
-		meta.Cursor = next
-		return nil
-	}
-	meta.Phase = ""
+	meta.Listed, meta.TypeIdx, meta.Cursor = true, 0, nil
 	return nil
+}
+
+// maxDepth bounds the walk up a relation chain (and breaks cycles).
+const maxDepth = 1000
+
+// depth is how many in-type relations lead up from an object to a root.
+func (e *Engine) depth(tx *state.Tx, m *mapping.Mapping, id string) (int, error) {
+	depth := 0
+	for seen := map[string]bool{id: true}; depth < maxDepth; depth++ {
+		img, err := loadImage(tx, m.Type, id)
+		if err != nil || img == nil {
+			return depth, err
+		}
+		fields, err := decodeObject(img.fieldsJSON)
+		if err != nil {
+			return 0, fmt.Errorf("%w: image %s/%s: %v", state.ErrCorrupt, m.Type, id, err)
+		}
+		parents := selfRelated(m, mapping.Object{Type: m.Type, ID: id, Fields: fields})
+		if len(parents) == 0 || seen[parents[0]] {
+			return depth, nil
+		}
+		id = parents[0]
+		seen[id] = true
+	}
+	return depth, nil
 }
 
 func getJSON(b []byte, v any) error {
