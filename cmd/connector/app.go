@@ -207,11 +207,14 @@ func (a *app) openState(readOnly bool) error {
 	return err
 }
 
-// trimMemory releases the state file's mapped pages every second until
-// ctx ends, so RSS follows the work in hand rather than the file's size.
+// trimMemory releases the state file's mapped pages four times a second
+// until ctx ends, so RSS follows the work in hand rather than the file's
+// size. (Measured on a 100k-object first load: every second peaks at
+// 175 MB, every 200 ms at 142 MB for the same time, every 50 ms at 101 MB
+// but twice the time, as pages are faulted in again.)
 func (a *app) trimMemory(ctx context.Context) {
 	go func() {
-		t := time.NewTicker(time.Second)
+		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
