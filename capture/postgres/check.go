@@ -32,6 +32,22 @@ type tableInfo struct {
 	Key      []string // the key the agent uses: configured, else the primary key
 	Columns  []colInfo
 	Select   bool
+	// Ancestors are the partitioned tables a partition belongs to, nearest
+	// first (none for a table that is not a partition).
+	Ancestors []string
+	// Leaves are a partitioned table's leaf partitions: their changes are
+	// logged with their own replica identity.
+	Leaves []leafInfo
+	// PartCols are the columns that choose a row's partition, at any level
+	// of a partitioned table (changing one moves the row).
+	PartCols []string
+}
+
+type leafInfo struct {
+	Name     string
+	Kind     string // r, or f for a foreign table (not logged)
+	Ident    string
+	IdentCol []string
 }
 
 type colInfo struct {
@@ -43,7 +59,10 @@ type colInfo struct {
 
 type pubInfo struct {
 	Insert, Update, Delete, Truncate, AllTables bool
-	Tables                                      map[string]pubTable
+	// ViaRoot: publish_via_partition_root (PostgreSQL 13+): changes to
+	// partitions are published as changes to the partitioned table.
+	ViaRoot bool
+	Tables  map[string]pubTable
 }
 
 type pubTable struct{ Filtered bool } // row filter or column list (PostgreSQL 15+)
@@ -175,14 +194,31 @@ func (s *Source) inspect(ctx context.Context, c *pgx.Conn) (*server, []error, er
 			continue
 		}
 		srv.Tables[name] = t
-		problems = append(problems, s.tableProblems(t, srv.User)...)
+		problems = append(problems, s.tableProblems(t, srv.User, srv.Version)...)
 	}
+	for _, name := range s.tables {
+		t := srv.Tables[name]
+		if t == nil {
+			continue
+		}
+		for _, a := range t.Ancestors {
+			if srv.Tables[a] != nil {
+				add("%s is a partition of %s, which is captured too (through its root, with all its partitions); remove %s from tables", name, a, name)
+				break
+			}
+		}
+	}
+	partitioned := srv.partitioned()
 
 	// Publication.
 	pub := &pubInfo{Tables: map[string]pubTable{}}
-	err = c.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate, puballtables
+	viaRoot := "false"
+	if srv.Version >= 130000 {
+		viaRoot = "pubviaroot"
+	}
+	err = c.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate, puballtables, `+viaRoot+`
 		FROM pg_catalog.pg_publication WHERE pubname = $1`, s.cfg.Publication).Scan(
-		&pub.Insert, &pub.Update, &pub.Delete, &pub.Truncate, &pub.AllTables)
+		&pub.Insert, &pub.Update, &pub.Delete, &pub.Truncate, &pub.AllTables, &pub.ViaRoot)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		pub = nil
@@ -193,36 +229,30 @@ func (s *Source) inspect(ctx context.Context, c *pgx.Conn) (*server, []error, er
 	case err != nil:
 		return nil, nil, fmt.Errorf("%s: read publication %q: %w", where, s.cfg.Publication, err)
 	default:
-		q := `SELECT schemaname || '.' || tablename, false FROM pg_catalog.pg_publication_tables WHERE pubname = $1`
-		if srv.Version >= 150000 {
-			q = `SELECT schemaname || '.' || tablename, rowfilter IS NOT NULL OR
-				attnames <> (SELECT array_agg(attname ORDER BY attnum) FROM pg_catalog.pg_attribute a
-					WHERE a.attrelid = format('%I.%I', schemaname, tablename)::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
-				FROM pg_catalog.pg_publication_tables WHERE pubname = $1`
-		}
-		rows, err := c.Query(ctx, q, s.cfg.Publication)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: read publication %q: %w", where, s.cfg.Publication, err)
-		}
-		for rows.Next() {
-			var name string
-			var filtered *bool
-			if err := rows.Scan(&name, &filtered); err != nil {
-				return nil, nil, err
-			}
-			pub.Tables[name] = pubTable{Filtered: filtered != nil && *filtered}
-		}
-		if err := rows.Err(); err != nil {
-			return nil, nil, fmt.Errorf("%s: read publication %q: %w", where, s.cfg.Publication, err)
+		if pub.Tables, err = s.pubTables(ctx, c, srv.Version); err != nil {
+			return nil, nil, err
 		}
 		if !(pub.Insert && pub.Update && pub.Delete && pub.Truncate) && !*s.cfg.CreatePublication {
 			add("publication %q does not publish every operation (insert %v, update %v, delete %v, truncate %v), so changes would be missed; run ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')",
 				s.cfg.Publication, pub.Insert, pub.Update, pub.Delete, pub.Truncate, quoteIdent(s.cfg.Publication))
 		}
+		if len(partitioned) > 0 && !pub.ViaRoot && !*s.cfg.CreatePublication {
+			add("publication %q does not publish partitioned tables through their root, so changes to %s would arrive as changes to its partitions; run ALTER PUBLICATION %s SET (publish_via_partition_root = true)",
+				s.cfg.Publication, strings.Join(partitioned, ", "), quoteIdent(s.cfg.Publication))
+		}
 		var missing []string
 		for _, name := range s.tables {
 			pt, ok := pub.Tables[name]
-			if !ok && srv.Tables[name] != nil {
+			t := srv.Tables[name]
+			switch {
+			case ok || t == nil:
+			case t.Kind == "p" && !pub.ViaRoot:
+				// The publication lists its partitions instead; reported
+				// above (or fixed by ensurePublication).
+			case len(t.Ancestors) > 0 && pub.ViaRoot && s.pubHasAny(pub, t.Ancestors):
+				add("publication %q publishes partitions through their root (publish_via_partition_root), so changes to %s arrive as changes to %s; capture %[3]s instead of %[2]s",
+					s.cfg.Publication, name, t.Ancestors[len(t.Ancestors)-1])
+			default:
 				missing = append(missing, name)
 			}
 			if pt.Filtered {
@@ -247,18 +277,75 @@ func (s *Source) tableList(tables []string) string {
 	return strings.Join(q, ", ")
 }
 
-// tableProblems checks privileges, the key and the replica identity.
-func (s *Source) tableProblems(t *tableInfo, user string) []error {
+// partitioned lists the configured partitioned tables.
+func (srv *server) partitioned() []string {
+	var out []string
+	for _, t := range srv.Tables {
+		if t.Kind == "p" {
+			out = append(out, t.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *Source) pubHasAny(pub *pubInfo, tables []string) bool {
+	for _, t := range tables {
+		if _, ok := pub.Tables[t]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// pubTables lists the tables the publication publishes (as
+// pg_publication_tables shows them: the roots of partitioned tables with
+// publish_via_partition_root, else their partitions), and whether a row
+// filter or column list limits them.
+func (s *Source) pubTables(ctx context.Context, c *pgx.Conn, version int) (map[string]pubTable, error) {
+	q := `SELECT schemaname || '.' || tablename, false FROM pg_catalog.pg_publication_tables WHERE pubname = $1`
+	if version >= 150000 {
+		q = `SELECT schemaname || '.' || tablename, rowfilter IS NOT NULL OR
+			attnames <> (SELECT array_agg(attname ORDER BY attnum) FROM pg_catalog.pg_attribute a
+				WHERE a.attrelid = format('%I.%I', schemaname, tablename)::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+			FROM pg_catalog.pg_publication_tables WHERE pubname = $1`
+	}
+	rows, err := c.Query(ctx, q, s.cfg.Publication)
+	if err != nil {
+		return nil, fmt.Errorf("postgres source %q: read publication %q: %w", s.name, s.cfg.Publication, err)
+	}
+	out := map[string]pubTable{}
+	for rows.Next() {
+		var name string
+		var filtered *bool
+		if err := rows.Scan(&name, &filtered); err != nil {
+			return nil, err
+		}
+		out[name] = pubTable{Filtered: filtered != nil && *filtered}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres source %q: read publication %q: %w", s.name, s.cfg.Publication, err)
+	}
+	return out, nil
+}
+
+// tableProblems checks privileges, the key and the replica identity (of
+// every partition, for a partitioned table).
+func (s *Source) tableProblems(t *tableInfo, user string, version int) []error {
 	where := fmt.Sprintf("postgres source %q", s.name)
 	var out []error
 	add := func(format string, args ...any) { out = append(out, fmt.Errorf(where+": "+format, args...)) }
 	qt := quoteTable(t.Name)
-	if t.Kind != "r" {
-		kind := map[string]string{"p": "a partitioned table", "v": "a view", "m": "a materialized view", "f": "a foreign table"}[t.Kind]
+	switch {
+	case t.Kind == "p" && version < 130000:
+		add("%s is a partitioned table, which PostgreSQL %d cannot publish (13 or newer can, through its root); list its partitions in tables instead", t.Name, version)
+		return out
+	case t.Kind != "r" && t.Kind != "p":
+		kind := map[string]string{"v": "a view", "m": "a materialized view", "f": "a foreign table"}[t.Kind]
 		if kind == "" {
 			kind = "not a table"
 		}
-		add("%s is %s; logical replication captures plain tables only (list the partitions of a partitioned table)", t.Name, kind)
+		add("%s is %s; logical replication captures tables only", t.Name, kind)
 		return out
 	}
 	if !t.Select {
@@ -276,7 +363,37 @@ func (s *Source) tableProblems(t *tableInfo, user string) []error {
 		}
 	}
 	// The delete and key-changing update messages carry the replica
-	// identity columns: they must include the key.
+	// identity columns: they must include the key. A partitioned table's
+	// rows live in its leaf partitions, each with its own identity.
+	if t.Kind == "p" {
+		var foreign, lacking []string
+		missingCol := ""
+		for _, l := range t.Leaves {
+			if l.Kind == "f" {
+				foreign = append(foreign, l.Name)
+				continue
+			}
+			for _, k := range t.Key {
+				if !slices.Contains(l.IdentCol, k) {
+					lacking = append(lacking, l.Name)
+					missingCol = k
+					break
+				}
+			}
+		}
+		if len(foreign) > 0 {
+			add("partitions %s of %s are foreign tables, whose changes are not in this server's WAL; detach them or capture their own server", strings.Join(foreign, ", "), t.Name)
+		}
+		if len(lacking) > 0 {
+			fixes := make([]string, len(lacking))
+			for i, l := range lacking {
+				fixes[i] = "ALTER TABLE " + quoteTable(l) + " REPLICA IDENTITY FULL"
+			}
+			add("partitions %s of %s have a replica identity that does not include key column %q (a primary key on %[2]s gives every partition one), so deletes could not be matched; run %[4]s",
+				strings.Join(lacking, ", "), t.Name, missingCol, strings.Join(fixes, "; "))
+		}
+		return out
+	}
 	for _, k := range t.Key {
 		if !slices.Contains(t.IdentCol, k) {
 			ident := map[string]string{"d": "DEFAULT (the primary key)", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}[t.Ident]
@@ -296,9 +413,12 @@ func (s *Source) tableProblems(t *tableInfo, user string) []error {
 func (s *Source) inspectTable(ctx context.Context, c *pgx.Conn, name string) (*tableInfo, error) {
 	schema, table, _ := splitTable(name)
 	t := &tableInfo{Name: name}
-	err := c.QueryRow(ctx, `SELECT c.oid, c.relkind::text, c.relreplident::text, has_table_privilege(c.oid, 'SELECT')
+	var isPartition bool
+	var version int
+	err := c.QueryRow(ctx, `SELECT c.oid, c.relkind::text, c.relreplident::text, has_table_privilege(c.oid, 'SELECT'),
+			c.relispartition, current_setting('server_version_num')::int
 		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, schema, table).Scan(&t.OID, &t.Kind, &t.Ident, &t.Select)
+		WHERE n.nspname = $1 AND c.relname = $2`, schema, table).Scan(&t.OID, &t.Kind, &t.Ident, &t.Select, &isPartition, &version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -363,7 +483,63 @@ func (s *Source) inspectTable(ctx context.Context, c *pgx.Conn, name string) (*t
 	if k := s.cfg.Keys[name]; len(k) > 0 {
 		t.Key = k
 	}
+	if version >= 120000 {
+		if err := s.inspectPartitions(ctx, c, t, isPartition); err != nil {
+			return nil, err
+		}
+	}
 	return t, nil
+}
+
+// inspectPartitions reads a partition's ancestors, or a partitioned
+// table's leaf partitions with the columns of their replica identities.
+func (s *Source) inspectPartitions(ctx context.Context, c *pgx.Conn, t *tableInfo, isPartition bool) error {
+	if isPartition {
+		rows, err := c.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_partition_ancestors($1) WITH ORDINALITY AS a(relid, ord)
+			JOIN pg_catalog.pg_class c ON c.oid = a.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE a.relid <> $1 ORDER BY a.ord`, t.OID)
+		if err == nil {
+			t.Ancestors, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			return fmt.Errorf("postgres source %q: read the partition ancestors of %s: %w", s.name, t.Name, err)
+		}
+	}
+	if t.Kind != "p" {
+		return nil
+	}
+	rows, err := c.Query(ctx, `SELECT n.nspname || '.' || c.relname, c.relkind::text, c.relreplident::text,
+			COALESCE(CASE c.relreplident
+				WHEN 'f' THEN (SELECT array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
+					WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+				ELSE (SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
+					JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+					WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
+			END, '{}')
+		FROM pg_catalog.pg_partition_tree($1) pt JOIN pg_catalog.pg_class c ON c.oid = pt.relid
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE pt.isleaf ORDER BY 1`, t.OID)
+	if err != nil {
+		return fmt.Errorf("postgres source %q: read the partitions of %s: %w", s.name, t.Name, err)
+	}
+	t.Leaves, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (leafInfo, error) {
+		var l leafInfo
+		err := r.Scan(&l.Name, &l.Kind, &l.Ident, &l.IdentCol)
+		return l, err
+	})
+	if err == nil {
+		rows, err = c.Query(ctx, `SELECT DISTINCT a.attname::text FROM pg_catalog.pg_partition_tree($1) pt
+			JOIN pg_catalog.pg_partitioned_table p ON p.partrelid = pt.relid
+			JOIN pg_catalog.pg_attribute a ON a.attrelid = pt.relid AND a.attnum = ANY(p.partattrs::int2[])
+			ORDER BY 1`, t.OID)
+		if err == nil {
+			t.PartCols, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("postgres source %q: read the partitions of %s: %w", s.name, t.Name, err)
+	}
+	return nil
 }
 
 // ensurePublication creates the publication or adds missing tables and
@@ -382,8 +558,13 @@ func (s *Source) ensurePublication(ctx context.Context, c *pgx.Conn, srv *server
 		}
 		return fmt.Errorf("%s: %s: %w", where, sql, err)
 	}
+	partitioned := srv.partitioned()
 	if srv.Pub == nil {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete, truncate')", pub, s.tableList(s.tables))
+		with := "publish = 'insert, update, delete, truncate'"
+		if len(partitioned) > 0 {
+			with += ", publish_via_partition_root = true"
+		}
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s)", pub, s.tableList(s.tables), with)
 		if _, err := c.Exec(ctx, sql); err != nil {
 			return explain(sql, err)
 		}
@@ -395,6 +576,19 @@ func (s *Source) ensurePublication(ctx context.Context, c *pgx.Conn, srv *server
 		if _, err := c.Exec(ctx, sql); err != nil {
 			return explain(sql, err)
 		}
+	}
+	if len(partitioned) > 0 && !srv.Pub.ViaRoot {
+		sql := fmt.Sprintf("ALTER PUBLICATION %s SET (publish_via_partition_root = true)", pub)
+		if _, err := c.Exec(ctx, sql); err != nil {
+			return explain(sql, err)
+		}
+		s.log.Info("the publication now publishes partitioned tables through their root", "source", s.name, "publication", s.cfg.Publication,
+			"tables", partitioned)
+		tables, err := s.pubTables(ctx, c, srv.Version)
+		if err != nil {
+			return err
+		}
+		srv.Pub.ViaRoot, srv.Pub.Tables = true, tables
 	}
 	if srv.Pub.AllTables {
 		return nil

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +63,10 @@ type streamer struct {
 	stopAt        pglogrepl.LSN
 	fenceEnd      pglogrepl.LSN
 	tick          *time.Ticker
+	// held is a delete from a partitioned table kept back for one change:
+	// an UPDATE that moves a row to another partition is logged as a
+	// delete and an insert, which become one update.
+	held *heldDelete
 
 	// shared
 	durable   atomic.Uint64 // flush position for the server
@@ -85,10 +91,20 @@ type txState struct {
 }
 
 type relation struct {
-	table    string
-	captured bool
-	cols     []relCol
-	key      []int // the agent's key columns (index into cols)
+	table       string
+	captured    bool
+	partitioned bool // a partitioned table published through its root
+	cols        []relCol
+	key         []int // the agent's key columns (index into cols)
+	// stable are the key columns that do not choose the partition: equal
+	// in a delete and the insert after it, they mark a row that moved.
+	stable []int
+}
+
+type heldDelete struct {
+	c   capture.Change
+	idx int // its index in the transaction
+	rel *relation
 }
 
 type relCol struct {
@@ -471,6 +487,7 @@ func (st *streamer) handle(ctx context.Context, xld pglogrepl.XLogData) error {
 		}
 		end := m.TransactionEndLSN
 		tx := st.tx
+		st.release()
 		st.tx = nil
 		if len(st.batch) == 0 && (st.cp.Tx == nil || mustLSN(st.cp.Tx.Commit) != tx.commit) {
 			// Nothing of ours in it: remember the position only.
@@ -563,25 +580,79 @@ func (st *streamer) change(ctx context.Context, relID uint32, build func(*relati
 	if rel == nil {
 		return fmt.Errorf("postgres source %q: change for relation %d before its Relation message", st.s.name, relID)
 	}
-	if !rel.captured {
-		return nil
+	var c *capture.Change
+	if rel.captured {
+		var err error
+		if c, err = build(rel); err != nil {
+			return err
+		}
 	}
-	c, err := build(rel)
-	if err != nil || c == nil {
-		return err
+	if h := st.held; h != nil {
+		st.held = nil
+		if c != nil && c.Op == capture.OpInsert && rel.table == h.rel.table && len(rel.stable) > 0 &&
+			sameValues(h.c.Values, c.Values, rel.cols, rel.stable) {
+			// A row moved to another partition: an update of the row,
+			// numbered as the delete (the first of the pair).
+			c.Op, idx = capture.OpUpdate, h.idx
+			if !sameValues(h.c.Values, c.Values, rel.cols, rel.key) {
+				c.OldKey = keyOf(h.c.Values, rel)
+			}
+		} else {
+			st.add(h.c, h.idx, tx)
+		}
 	}
-	c.ChangedAt = tx.at
-	c.ChangeKey = tx.commitStr + ":" + strconv.Itoa(idx)
-	c.Position = c.ChangeKey
-	st.batch = append(st.batch, *c)
+	if c != nil && c.Op == capture.OpDelete && len(rel.stable) > 0 {
+		st.held = &heldDelete{c: *c, idx: idx, rel: rel}
+	} else if c != nil {
+		st.add(*c, idx, tx)
+	}
 	if len(st.batch) >= st.s.cfg.BatchSize {
 		// A large transaction goes in several batches; the checkpoint
-		// records how far into it they reach.
+		// records how far into it they reach (not past a held delete).
+		next := tx.idx
+		if st.held != nil {
+			next = st.held.idx
+		}
 		cp := st.cp
-		cp.Tx = &txProgress{Commit: tx.commitStr, Next: tx.idx}
+		cp.Tx = &txProgress{Commit: tx.commitStr, Next: next}
 		return st.cut(ctx, cp, tx)
 	}
 	return nil
+}
+
+// release adds the held delete (if any) to the batch.
+func (st *streamer) release() {
+	if h := st.held; h != nil {
+		st.held = nil
+		st.add(h.c, h.idx, st.tx)
+	}
+}
+
+func (st *streamer) add(c capture.Change, idx int, tx *txState) {
+	c.ChangedAt = tx.at
+	c.ChangeKey = tx.commitStr + ":" + strconv.Itoa(idx)
+	c.Position = c.ChangeKey
+	st.batch = append(st.batch, c)
+}
+
+// sameValues reports whether columns cols[idx...] have the same values in
+// a and b.
+func sameValues(a, b map[string]any, cols []relCol, idx []int) bool {
+	for _, j := range idx {
+		name := cols[j].name
+		if !reflect.DeepEqual(a[name], b[name]) {
+			return false
+		}
+	}
+	return true
+}
+
+func keyOf(vals map[string]any, rel *relation) map[string]any {
+	out := make(map[string]any, len(rel.key))
+	for _, j := range rel.key {
+		out[rel.cols[j].name] = vals[rel.cols[j].name]
+	}
+	return out
 }
 
 func (st *streamer) cut(ctx context.Context, cp checkpoint, tx *txState) error {
@@ -617,7 +688,10 @@ func (st *streamer) values(rel *relation, tup *pglogrepl.TupleData, keyOnly bool
 			break
 		}
 		rc := rel.cols[i]
-		if keyOnly && !rc.ident {
+		if keyOnly && !rc.ident && col.DataType == pglogrepl.TupleDataTypeNull {
+			// A key tuple sends the other columns as null. (The identity
+			// flags are the published table's: a partitioned table's
+			// partitions may have another identity, so sent values count.)
 			continue
 		}
 		switch col.DataType {
@@ -847,6 +921,9 @@ func (st *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) 
 	for _, t := range st.s.tables {
 		rel.captured = rel.captured || t == table
 	}
+	if t := st.srv.Tables[table]; t != nil && t.Kind == "p" {
+		rel.partitioned = true
+	}
 	oids := make([]uint32, len(m.Columns))
 	mods := make([]int32, len(m.Columns))
 	for i, c := range m.Columns {
@@ -896,6 +973,13 @@ func (st *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) 
 		}
 		if len(rel.key) != len(t.Key) {
 			rel.key = nil
+		}
+		if rel.partitioned {
+			for _, j := range rel.key {
+				if !slices.Contains(t.PartCols, rel.cols[j].name) {
+					rel.stable = append(rel.stable, j)
+				}
+			}
 		}
 	}
 	return nil
