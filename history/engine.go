@@ -755,6 +755,18 @@ func (e *Engine) truncate(bc *batchCtx, ch *capture.Change) error {
 	return nil
 }
 
+// Checkpoint implements capture.StateReader: the source's stored
+// checkpoint.
+func (e *Engine) Checkpoint(_ context.Context, source string) ([]byte, error) {
+	var out []byte
+	err := e.db.View(func(tx *state.Tx) error {
+		ss, err := LoadSource(tx, source)
+		out = ss.Checkpoint
+		return err
+	})
+	return out, err
+}
+
 // Row implements capture.StateReader: the stored raw row of a record.
 func (e *Engine) Row(_ context.Context, source, record string, key map[string]any) (map[string]any, error) {
 	var out map[string]any

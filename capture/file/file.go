@@ -47,6 +47,8 @@ type Source struct {
 	log  capture.Logger
 	once bool
 	now  func() time.Time
+	// state, when it can, gives the stored checkpoint to Snapshot.
+	state checkpointReader
 
 	mu     sync.Mutex
 	warned map[string]bool // names warned about, so a poll loop warns once
@@ -63,7 +65,14 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{name: opts.Name, cfg: cfg, log: log, once: opts.Once, now: time.Now, warned: map[string]bool{}, seen: map[string]bool{}}, nil
+	src := &Source{name: opts.Name, cfg: cfg, log: log, once: opts.Once, now: time.Now, warned: map[string]bool{}, seen: map[string]bool{}}
+	src.state, _ = opts.State.(checkpointReader)
+	return src, nil
+}
+
+// checkpointReader is the part of the engine's state reader Snapshot uses.
+type checkpointReader interface {
+	Checkpoint(ctx context.Context, source string) ([]byte, error)
 }
 
 // checkpoint is the source's resume position: the last applied snapshot.
@@ -169,10 +178,12 @@ func (s *Source) poll(ctx context.Context, last *checkpoint, first bool, sink ca
 	return last, nil
 }
 
-// Snapshot re-reads the current snapshot (layout dated: the newest) and
-// delivers it as a reconcile run (SnapshotMark.Reconcile), whether or not it
-// changed. Its checkpoint is that snapshot, so with layout dated a later
-// Run continues after it.
+// Snapshot re-reads the current snapshot and delivers it as a reconcile
+// run (SnapshotMark.Reconcile), whether or not it changed. With layout
+// dated that is the first snapshot after the stored checkpoint — the one a
+// deletion guard stopped, which `snapshot --dry-run` should show and
+// `--allow-deletions` apply — or the newest when none is pending. Its
+// checkpoint is that snapshot, so a later Run continues after it.
 func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	entries, err := s.entries()
 	if err != nil {
@@ -181,7 +192,11 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	if len(entries) == 0 {
 		return fmt.Errorf("file source %q: there is no snapshot in %s yet", s.name, s.cfg.path)
 	}
-	snap, err := s.open(entries[len(entries)-1])
+	entry, err := s.pending(ctx, entries)
+	if err != nil {
+		return fmt.Errorf("file source %q: %w", s.name, err)
+	}
+	snap, err := s.open(entry)
 	if err == nil {
 		err = s.settled(snap)
 	}
@@ -194,6 +209,28 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	}
 	_, err = s.deliver(ctx, snap, sum, runKind{reconcile: true}, sink)
 	return err
+}
+
+// pending picks the snapshot Snapshot reads.
+func (s *Source) pending(ctx context.Context, entries []entry) (entry, error) {
+	newest := entries[len(entries)-1]
+	if !s.cfg.dated || s.state == nil {
+		return newest, nil
+	}
+	b, err := s.state.Checkpoint(ctx, s.name)
+	if err != nil {
+		return newest, err
+	}
+	last, err := decodeCheckpoint(b)
+	if err != nil || last == nil {
+		return newest, err
+	}
+	for _, e := range entries {
+		if e.name > last.Snapshot {
+			return e, nil
+		}
+	}
+	return newest, nil
 }
 
 // Check tests that the path is readable and that the newest snapshot's

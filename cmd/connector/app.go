@@ -286,6 +286,13 @@ func (r stateReader) Row(ctx context.Context, source, record string, key map[str
 	return r.a.engine.Row(ctx, source, record, key)
 }
 
+func (r stateReader) Checkpoint(ctx context.Context, source string) ([]byte, error) {
+	if r.a.engine == nil {
+		return nil, nil
+	}
+	return r.a.engine.Checkpoint(ctx, source)
+}
+
 // redactor adapts the mapping set to publish.Redactor.
 type redactor struct{ *mapping.Set }
 

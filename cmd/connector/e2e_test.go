@@ -294,6 +294,7 @@ func guardDir(t *testing.T) string {
 	})
 	users(t, filepath.Join(dir, "snaps", "2026-01-01"), 400)
 	users(t, filepath.Join(dir, "snaps", "2026-01-02"), 200) // half are gone
+	users(t, filepath.Join(dir, "snaps", "2026-01-03"), 180) // and 20 more
 	return dir
 }
 
@@ -316,8 +317,30 @@ func TestDeletionGuard(t *testing.T) {
 	if st := run(t, dir, "status", "-c", "demo.yaml", "--json"); !strings.Contains(st.stdout, `"logLength": 401`) {
 		t.Fatalf("dry run wrote events: %s", st.stdout)
 	}
-	r = run(t, dir, "run", "--once", "-c", "demo.yaml", "--allow-deletions")
-	if r.code != 0 || !strings.Contains(r.stdout, "delete=200") {
+	// The dry run showed day 2, the refused one, not the newest (day 3);
+	// --allow-deletions applies day 2, and the next run continues with day 3.
+	r = run(t, dir, "snapshot", "-c", "demo.yaml", "--source", "demokommune", "--allow-deletions")
+	if r.code != 0 {
+		t.Fatalf("snapshot --allow-deletions: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if st := run(t, dir, "status", "-c", "demo.yaml", "--json"); !strings.Contains(st.stdout, `"logLength": 601`) {
+		t.Fatalf("day 2's 200 deletions should be applied: %s", st.stdout)
+	}
+	r = run(t, dir, "run", "--once", "-c", "demo.yaml")
+	if r.code != 0 || !strings.Contains(r.stdout, "delete=20") {
+		t.Fatalf("day 3 after the override: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestDeletionGuardRunOverride: run --allow-deletions applies the refused
+// snapshot and those after it.
+func TestDeletionGuardRunOverride(t *testing.T) {
+	dir := guardDir(t)
+	if r := run(t, dir, "run", "--once", "-c", "demo.yaml"); r.code != 1 {
+		t.Fatalf("want the guard to refuse day 2 (exit 1), got %d:\n%s", r.code, r.stderr)
+	}
+	r := run(t, dir, "run", "--once", "-c", "demo.yaml", "--allow-deletions")
+	if r.code != 0 || !strings.Contains(r.stdout, "delete=220") {
 		t.Fatalf("override: %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 }
