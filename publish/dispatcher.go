@@ -33,6 +33,9 @@ type Config struct {
 	// Rate caps delivery at this many events per second (0: no cap), to
 	// spare a fragile receiver; the log absorbs the difference.
 	Rate float64 `yaml:"rate"`
+	// Timeout bounds one delivery (one batch); a receiver that hangs is
+	// treated as failed and retried with backoff.
+	Timeout time.Duration `yaml:"delivery_timeout"`
 }
 
 // Filter selects events by object type and operation (empty: all).
@@ -164,6 +167,9 @@ func (d *Dispatcher) Add(cfg Config, r Receiver) error {
 	if cfg.Classification == "" {
 		cfg.Classification = "internal"
 	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 2 * time.Minute
+	}
 	err := d.db.Update(func(tx *state.Tx) error {
 		if _, ok, err := LoadCursor(tx, cfg.Name); err != nil || ok {
 			return err
@@ -249,7 +255,7 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, once bool) error {
 		}
 		derr := error(nil)
 		if len(batch.events) > 0 {
-			derr = o.recv.Deliver(ctx, batch.events)
+			derr = d.deliver(ctx, o, batch.events)
 		}
 		if derr == nil {
 			if err := d.advance(o, batch.through, nil, ""); err != nil {
@@ -305,6 +311,17 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, once bool) error {
 		}
 		backoff = min(backoff*2, o.cfg.Retry.Max)
 	}
+}
+
+// deliver hands one batch to the receiver, bounded by its timeout.
+func (d *Dispatcher) deliver(ctx context.Context, o *output, events []history.Event) error {
+	dctx, cancel := context.WithTimeout(ctx, o.cfg.Timeout)
+	defer cancel()
+	err := o.recv.Deliver(dctx, events)
+	if err != nil && ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("no confirmation within %s (delivery_timeout): %w", o.cfg.Timeout, err)
+	}
+	return err
 }
 
 type readBatch struct {

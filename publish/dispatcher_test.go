@@ -100,6 +100,7 @@ func cursor(t *testing.T, db *state.DB, name string) Cursor {
 type step struct {
 	err   error
 	check func(events []history.Event)
+	hang  bool // wait for the delivery's context to end, then fail with it
 }
 
 // fakeReceiver records what it was given and what it confirmed.
@@ -114,7 +115,7 @@ type fakeReceiver struct {
 	notify    chan struct{}
 }
 
-func (r *fakeReceiver) Deliver(_ context.Context, events []history.Event) error {
+func (r *fakeReceiver) Deliver(ctx context.Context, events []history.Event) error {
 	r.mu.Lock()
 	var s step
 	if len(r.script) > 0 {
@@ -128,6 +129,10 @@ func (r *fakeReceiver) Deliver(_ context.Context, events []history.Event) error 
 	r.mu.Unlock()
 	if s.check != nil {
 		s.check(events)
+	}
+	if s.hang {
+		<-ctx.Done()
+		s.err = ctx.Err()
 	}
 	n := len(events)
 	if s.err != nil {
@@ -638,6 +643,26 @@ func TestTransientErrorRetried(t *testing.T) {
 	}
 }
 
+// TestTimeout: a receiver that never confirms is cut off after the
+// timeout, and the batch is retried.
+func TestTimeout(t *testing.T) {
+	db := newDB(t)
+	appendLog(t, db, creates(1, 3)...)
+	var lastError string
+	r := &fakeReceiver{script: []step{{hang: true}, {check: func([]history.Event) { lastError = cursor(t, db, "r").LastError }}}}
+	d := NewDispatcher(db, nil, quiet())
+	if err := d.Add(Config{Name: "r", Retry: fastRetry, Timeout: 50 * time.Millisecond}, r); err != nil {
+		t.Fatal(err)
+	}
+	runOnce(t, d)
+	if got := r.seqs(); !slices.Equal(got, seqRange(1, 3)) {
+		t.Errorf("confirmed %v", got)
+	}
+	if !strings.Contains(lastError, "no confirmation within 50ms") {
+		t.Errorf("cursor LastError after the timeout = %q", lastError)
+	}
+}
+
 func TestBackoffGrows(t *testing.T) {
 	db := newDB(t)
 	appendLog(t, db, creates(1, 1)...)
@@ -645,7 +670,7 @@ func TestBackoffGrows(t *testing.T) {
 	var mu sync.Mutex
 	stamp := func([]history.Event) { mu.Lock(); at = append(at, time.Now()); mu.Unlock() }
 	fail := errors.New("503")
-	r := &fakeReceiver{script: []step{{fail, stamp}, {fail, stamp}, {fail, stamp}, {fail, stamp}, {nil, stamp}}}
+	r := &fakeReceiver{script: []step{{err: fail, check: stamp}, {err: fail, check: stamp}, {err: fail, check: stamp}, {err: fail, check: stamp}, {check: stamp}}}
 	d := NewDispatcher(db, nil, quiet())
 	if err := d.Add(Config{Name: "r", Retry: Retry{Initial: 20 * time.Millisecond, Max: 40 * time.Millisecond}}, r); err != nil {
 		t.Fatal(err)

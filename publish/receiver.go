@@ -105,7 +105,7 @@ type Logger interface {
 type Factory func(node *yaml.Node, opts Options) (Receiver, error)
 
 // CommonKeys are the receiver keys the dispatcher owns.
-var CommonKeys = []string{"name", "type", "start", "filter", "classification", "batch", "retry", "rate"}
+var CommonKeys = []string{"name", "type", "start", "filter", "classification", "batch", "retry", "rate", "delivery_timeout"}
 
 var (
 	mu        sync.RWMutex
