@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/os2sandbox/connector/testenv"
 )
@@ -45,4 +46,33 @@ func TestDeliverEmpty(t *testing.T) {
 	if err := r.Deliver(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestBufferReuse: a batch's records are built in the buffers of the
+// batch before only when Kafka answered for all of those; after a failed
+// Deliver, where a timed-out request may still be reading them, they are
+// dropped. Records built in reused buffers arrive intact.
+func TestBufferReuse(t *testing.T) {
+	k := testenv.NewKafka(t, testenv.KafkaOptions{})
+	r := openReceiver(t, nil, testConfig(k.Addr, "timeout: 2s", "state_topic: {enabled: true}"))
+	events := objectHistory("hr", "Employee", 50, 6)
+	third := len(events) / 3
+	if err := r.Deliver(context.Background(), events[:third]); err != nil {
+		t.Fatal(err)
+	}
+	if r.spare == nil {
+		t.Fatal("no buffers kept after a confirmed batch")
+	}
+	k.Stop()
+	if err := r.Deliver(context.Background(), events[third:2*third]); err == nil {
+		t.Fatal("Deliver with the broker stopped succeeded")
+	}
+	if r.spare != nil {
+		t.Fatal("buffers of a failed Deliver kept for reuse")
+	}
+	if err := k.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deliverAll(t, r, events[third:], 10, 30*time.Second)
+	checkDelivery(t, events, consume(t, k, []string{"connector.hr.employee"}, haveIDs(events, ceID)))
 }

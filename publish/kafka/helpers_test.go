@@ -19,6 +19,7 @@ import (
 
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/render"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -287,6 +288,10 @@ func checkDelivery(t testing.TB, events []history.Event, got []kafkago.Message) 
 			t.Fatalf("event %s has key %q", id, m.Key)
 		}
 		key := string(m.Key)
+		if header(m, "ce_subject") != key || header(m, "ce_sequence") != render.Sequence(e.Sequence) {
+			t.Fatalf("event %s (key %s, sequence %d) has ce_subject %q, ce_sequence %q",
+				id, key, e.Sequence, header(m, "ce_subject"), header(m, "ce_sequence"))
+		}
 		if p, ok := partOf[key]; ok && p != m.Partition {
 			t.Fatalf("key %s on partitions %d and %d", key, p, m.Partition)
 		}

@@ -54,6 +54,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
@@ -89,6 +90,9 @@ type Receiver struct {
 	names     map[[2]string][2]string // (source name, object type) → (event topic, state topic)
 	// diagnosed is when Deliver last probed the brokers to explain an error.
 	diagnosed time.Time
+	// built is what the records of the last build are made of; spare what
+	// the next build may reuse (see release).
+	built, spare *buffers
 }
 
 var (
@@ -208,6 +212,7 @@ func (r *Receiver) Deliver(ctx context.Context, events []history.Event) error {
 				return r.failure(ctx, failed, err)
 			}
 		}
+		r.release()
 		if end == len(events) {
 			return nil
 		}
@@ -225,6 +230,7 @@ func (r *Receiver) Deliver(ctx context.Context, events []history.Event) error {
 		if failed, err := r.produce(ctx, msgs); err != nil {
 			return r.failure(ctx, failed, err)
 		}
+		r.release()
 		for _, m := range msgs {
 			delete(r.refused, m.topic)
 		}
@@ -247,11 +253,17 @@ func (r *Receiver) build(ctx context.Context, events []history.Event, start int,
 	if r.s.hasStateTopic {
 		per = 2
 	}
-	msgs := make([]message, per*(len(events)-start))
+	b := r.spare
+	if b == nil {
+		b = new(buffers)
+	}
+	r.spare, r.built = nil, b
+	n := len(events) - start
+	b.msgs = slices.Grow(b.msgs[:0], per*n)[:per*n] // route sets each message whole
+	msgs := b.msgs
 	end, stop := len(events), error(nil)
-	// The keys share one allocation; routing may ask the cluster about a
-	// new topic: in order, one by one.
-	keys := make([]byte, 0, 48*(len(events)-start))
+	// Routing may ask the cluster about a new topic: in order, one by one.
+	keys := slices.Grow(b.keys[:0], 48*n)
 	for i := start; i < len(events); i++ {
 		from := len(keys)
 		keys = render.AppendKey(keys, &events[i])
@@ -261,11 +273,43 @@ func (r *Receiver) build(ctx context.Context, events []history.Event, start int,
 			break
 		}
 	}
+	b.keys = keys
 	// Rendering is pure and most of Deliver's work: spread it over the cores.
-	if failed, err := r.renderAll(events, msgs, start, end, per); err != nil {
+	if failed, err := r.renderAll(b, events, start, end, per); err != nil {
 		end, stop = failed, err
 	}
 	return msgs[:(end-start)*per], end, stop
+}
+
+// buffers are what a batch's records are made of: their structs, keys,
+// header values, headers and values, in a few allocations rather than
+// several per record. Records hold capacity-limited slices of them, which
+// stay valid when a buffer grows.
+type buffers struct {
+	msgs   []message
+	keys   []byte
+	arenas []arena // one per render worker
+}
+
+// release lets the next build reuse the buffers of the last one, whose
+// records Kafka has now answered for. After a failure they are not
+// reused: a request that timed out may still be reading them.
+func (r *Receiver) release() {
+	if b := r.built; b != nil && b.size() <= maxSpare {
+		r.spare = b
+	}
+	r.built = nil
+}
+
+// maxSpare bounds the buffers a receiver keeps between batches.
+const maxSpare = 64 << 20
+
+func (b *buffers) size() int {
+	n := cap(b.msgs)*int(unsafe.Sizeof(message{})) + cap(b.keys)
+	for _, a := range b.arenas {
+		n += cap(a.buf) + cap(a.headers)*int(unsafe.Sizeof(kafkago.Header{})) + cap(a.values) + cap(a.scratch)
+	}
+	return n
 }
 
 // route fills in event i's records' topics, partitions and keys: ms[0] on
@@ -299,11 +343,15 @@ const renderChunk = 64
 // renderAll renders events[start:end] into msgs, concurrently in chunks.
 // It returns the index of the first event that cannot be rendered, and
 // why.
-func (r *Receiver) renderAll(events []history.Event, msgs []message, start, end, per int) (int, error) {
+func (r *Receiver) renderAll(b *buffers, events []history.Event, start, end, per int) (int, error) {
 	n := end - start
-	workers := min(runtime.GOMAXPROCS(0), n/renderChunk)
-	if workers <= 1 {
-		return r.renderRange(events, msgs, start, start, end, per)
+	workers := max(1, min(runtime.GOMAXPROCS(0), n/renderChunk))
+	for len(b.arenas) < workers {
+		b.arenas = append(b.arenas, arena{})
+	}
+	msgs := b.msgs
+	if workers == 1 {
+		return r.renderRange(&b.arenas[0], events, msgs, start, start, end, per)
 	}
 	type result struct {
 		failed int
@@ -313,10 +361,15 @@ func (r *Receiver) renderAll(events []history.Event, msgs []message, start, end,
 	var wg sync.WaitGroup
 	for w := range workers {
 		from, to := start+n*w/workers, start+n*(w+1)/workers
-		wg.Go(func() {
-			failed, err := r.renderRange(events, msgs, start, from, to, per)
+		work := func() {
+			failed, err := r.renderRange(&b.arenas[w], events, msgs, start, from, to, per)
 			results[w] = result{failed, err}
-		})
+		}
+		if w == workers-1 {
+			work() // the last share here: one goroutine fewer to start and wait for
+		} else {
+			wg.Go(work)
+		}
 	}
 	wg.Wait()
 	for _, res := range results { // in event order: the first failure wins
@@ -329,10 +382,10 @@ func (r *Receiver) renderAll(events []history.Event, msgs []message, start, end,
 
 // renderRange renders events[from:to]; their records start at
 // msgs[(from-start)*per].
-func (r *Receiver) renderRange(events []history.Event, msgs []message, start, from, to, per int) (int, error) {
-	var a arena
+func (r *Receiver) renderRange(a *arena, events []history.Event, msgs []message, start, from, to, per int) (int, error) {
+	a.reset()
 	for i := from; i < to; i++ {
-		if err := r.render(&a, msgs[(i-start)*per:(i-start+1)*per], &events[i]); err != nil {
+		if err := r.render(a, msgs[(i-start)*per:(i-start+1)*per], &events[i]); err != nil {
 			return i, err
 		}
 		if i == from && to-from > 1 {
@@ -342,15 +395,19 @@ func (r *Receiver) renderRange(events []history.Event, msgs []message, start, fr
 	return 0, nil
 }
 
-// arena holds what the records of a range of events are made of: header
-// values, headers and values each in one allocation rather than several
-// per record. Records keep capacity-limited slices of it, which stay
-// valid when a buffer grows.
+// arena holds the header values, headers and values of a range of
+// events' records.
 type arena struct {
 	buf     []byte // header values
 	headers []kafkago.Header
 	values  []byte // values not taken from the event as they are
 	scratch []byte // structured mode's attribute values
+}
+
+// reset empties a for reuse.
+func (a *arena) reset() {
+	clear(a.headers) // no stale pointers for the garbage collector to follow
+	a.buf, a.headers, a.values, a.scratch = a.buf[:0], a.headers[:0], a.values[:0], a.scratch[:0]
 }
 
 // reserve makes room for n events like the one rendered so far.

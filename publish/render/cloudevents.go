@@ -89,13 +89,12 @@ func Sequence(n uint64) string { return string(AppendSequence(nil, n)) }
 // AppendSequence appends Sequence(n) to dst.
 func AppendSequence(dst []byte, n uint64) []byte {
 	const width = 20 // len("18446744073709551615")
-	var buf [width]byte
-	for i := range buf {
-		buf[i] = '0'
+	var digits [width]byte
+	s := strconv.AppendUint(digits[:0], n, 10)
+	for range width - len(s) {
+		dst = append(dst, '0')
 	}
-	s := strconv.AppendUint(buf[:0:0], n, 10) // fits: at most width digits
-	copy(buf[width-len(s):], s)
-	return append(dst, buf[:]...)
+	return append(dst, s...)
 }
 
 // AppendKey appends Key(e) to dst.
@@ -197,7 +196,9 @@ func (c CloudEvents) appendAttributes(buf []byte, e *history.Event, add func(att
 	buf = AppendKey(buf, e)
 	emit(attrSubject, from)
 	key := buf[from:len(buf):len(buf)]
+	from = len(buf)
 	tm(attrTime, bt.RegistreringFra)
+	registered := buf[from:len(buf):len(buf)]
 	// Extensions defined by CloudEvents (partitioning, sequence, recorded
 	// time, data classification).
 	add(attrPartitionKey, key) // the subject's bytes: the same value
@@ -221,7 +222,11 @@ func (c CloudEvents) appendAttributes(buf []byte, e *history.Event, add func(att
 	str(attrChangeKind, e.ChangeKind)
 	str(attrReason, e.Reason)
 	num(attrObjectVersion, e.Object.Version)
-	tm(attrVirkningFra, bt.VirkningFra)
+	if bt.VirkningFra.Equal(bt.RegistreringFra.Time) {
+		add(attrVirkningFra, registered) // commonly so: valid from the commit
+	} else {
+		tm(attrVirkningFra, bt.VirkningFra)
+	}
 	if bt.VirkningTil != nil {
 		tm(attrVirkningTil, *bt.VirkningTil)
 	}

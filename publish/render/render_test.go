@@ -154,6 +154,15 @@ func TestAttributes(t *testing.T) {
 		},
 		ce:   CloudEvents{InstallationID: "i"},
 		want: map[string]string{"type": "dk.os2sandbox.connector.organisationenhed.snapshot", "changekind": "uoplyst", "emission": "backfill"},
+	}, {
+		name: "valid from registration, largest sequence",
+		ev: func() history.Event {
+			e := event(history.OpUpdate, 18446744073709551615)
+			e.Bitemporal.VirkningFra = e.Bitemporal.RegistreringFra
+			return e
+		},
+		ce:   CloudEvents{InstallationID: "i"},
+		want: map[string]string{"time": "2024-03-01T08:30:00.123456Z", "virkningfra": "2024-03-01T08:30:00.123456Z", "sequence": "18446744073709551615"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
