@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -17,10 +18,12 @@ import (
 // File is a parsed configuration file. Sources and receivers keep their
 // YAML nodes: each adapter decodes its own keys strictly.
 type File struct {
-	Path      string
-	State     string
-	Log       Log
-	Control   string
+	Path    string
+	State   string
+	Log     Log
+	Control string
+	// Metrics is the listen address of the Prometheus endpoint (empty: off).
+	Metrics   string
 	Sources   []Entry
 	Mappings  []*yaml.Node
 	Receivers []Entry
@@ -43,6 +46,7 @@ type top struct {
 	State     string      `yaml:"state"`
 	Log       Log         `yaml:"log"`
 	Control   string      `yaml:"control"`
+	Metrics   string      `yaml:"metrics"`
 	Sources   []yaml.Node `yaml:"sources"`
 	Mappings  []yaml.Node `yaml:"mappings"`
 	Receivers []yaml.Node `yaml:"receivers"`
@@ -86,7 +90,7 @@ func Parse(path string, data []byte) (*File, error) {
 	if err := Decode(path, root, &t); err != nil {
 		return nil, err
 	}
-	f := &File{Path: path, State: t.State, Log: t.Log, Control: t.Control}
+	f := &File{Path: path, State: t.State, Log: t.Log, Control: t.Control, Metrics: t.Metrics}
 	var err error
 	if f.State == "" {
 		return nil, Errorf(path, root, "add e.g. `state: /var/lib/connector/state.db`", "`state` (the path of the state file) is missing")
@@ -100,6 +104,12 @@ func Parse(path string, data []byte) (*File, error) {
 	case "", "text", "json":
 	default:
 		return nil, Errorf(path, root, "use text or json", "log.format %q is unknown", f.Log.Format)
+	}
+	if f.Metrics != "" {
+		if _, port, err := net.SplitHostPort(f.Metrics); err != nil || port == "" {
+			return nil, Errorf(path, keyNode(root, "metrics"), "give host:port, e.g. `metrics: 127.0.0.1:9464` (a loopback address unless the network is trusted)",
+				"metrics %q is not a listen address", f.Metrics)
+		}
 	}
 	if len(t.Sources) == 0 {
 		return nil, Errorf(path, root, "add at least one entry under `sources:`", "no sources are configured")
@@ -190,4 +200,15 @@ func Hash(n *yaml.Node) string {
 	b, _ := yaml.Marshal(n)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// keyNode returns the value node of key in a mapping node, or the mapping
+// itself, for error positions.
+func keyNode(m *yaml.Node, key string) *yaml.Node {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return m
 }

@@ -360,6 +360,10 @@ func TestBadInput(t *testing.T) {
 			return []string{"run", "--once", "-c", "nope.yaml"}
 		}, 2, []string{"nope.yaml", "cannot read the configuration"}},
 		{"no -c", func(t *testing.T, dir string) []string { return []string{"run"} }, 2, []string{"config"}},
+		{"metrics not an address", func(t *testing.T, dir string) []string {
+			writeFile(t, filepath.Join(dir, "c.yaml"), "metrics: everywhere\n"+base(dir))
+			return []string{"check", "-c", "c.yaml"}
+		}, 2, []string{"c.yaml:1", `metrics "everywhere" is not a listen address`, "127.0.0.1:9464"}},
 		{"unknown key", func(t *testing.T, dir string) []string {
 			writeFile(t, filepath.Join(dir, "c.yaml"), strings.Replace(base(dir), "\nstate:", "\nstat: x\nstate:", 1))
 			return []string{"check", "-c", "c.yaml"}

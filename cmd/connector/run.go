@@ -111,6 +111,11 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 		return err
 	}
 	defer stopControl()
+	stopMetrics, err := a.serveMetrics()
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	trimCtx, stopTrim := context.WithCancel(context.Background())
 	defer stopTrim()
 	a.trimMemory(trimCtx)
