@@ -59,7 +59,7 @@ func TestParseErrors(t *testing.T) {
 			yaml: "state: /tmp/s.db\nsorces:\n  - {name: hr, type: file}\n",
 			line: 2,
 			parts: []string{`unknown key "sorces"`, `did you mean "sources"?`,
-				"known keys: control, log, mappings, receivers, sources, state"},
+				"known keys: control, log, mappings, metrics, receivers, sources, state"},
 		},
 		{
 			name:  "unknown key far from any",
