@@ -100,6 +100,27 @@ func (d *decoder) object(member func(name []byte)) {
 	}
 }
 
+// array calls elem for each element; elem must consume it.
+func (d *decoder) array(elem func()) {
+	d.expect('[')
+	if d.peek() == ']' {
+		d.p++
+		return
+	}
+	for d.err == nil {
+		elem()
+		switch d.peek() {
+		case ',':
+			d.p++
+		case ']':
+			d.p++
+			return
+		default:
+			d.fail()
+		}
+	}
+}
+
 // rawString returns a string token's content when it needs no unescaping
 // and is valid UTF-8 (aliasing the input); otherwise it decodes it.
 func (d *decoder) rawString() []byte {
@@ -196,23 +217,7 @@ func (d *decoder) strings() []string {
 		return nil
 	}
 	out := []string{}
-	d.expect('[')
-	if d.peek() == ']' {
-		d.p++
-		return out
-	}
-	for d.err == nil {
-		out = append(out, d.str())
-		switch d.peek() {
-		case ',':
-			d.p++
-		case ']':
-			d.p++
-			return out
-		default:
-			d.fail()
-		}
-	}
+	d.array(func() { out = append(out, d.str()) })
 	return out
 }
 
@@ -246,24 +251,8 @@ func (d *decoder) value() any {
 		d.object(func(name []byte) { m[string(name)] = d.value() })
 		return m
 	case c == '[':
-		d.p++
 		out := []any{}
-		if d.peek() == ']' {
-			d.p++
-			return out
-		}
-		for d.err == nil {
-			out = append(out, d.value())
-			switch d.peek() {
-			case ',':
-				d.p++
-			case ']':
-				d.p++
-				return out
-			default:
-				d.fail()
-			}
-		}
+		d.array(func() { out = append(out, d.value()) })
 		return out
 	case c == '"':
 		return string(d.rawString())
@@ -401,12 +390,7 @@ func (d *decoder) supersedes() []Superseded {
 		return nil
 	}
 	out := []Superseded{}
-	d.expect('[')
-	if d.peek() == ']' {
-		d.p++
-		return out
-	}
-	for d.err == nil {
+	d.array(func() {
 		var s Superseded
 		d.object(func(name []byte) {
 			switch string(name) {
@@ -423,16 +407,7 @@ func (d *decoder) supersedes() []Superseded {
 			}
 		})
 		out = append(out, s)
-		switch d.peek() {
-		case ',':
-			d.p++
-		case ']':
-			d.p++
-			return out
-		default:
-			d.fail()
-		}
-	}
+	})
 	return out
 }
 
