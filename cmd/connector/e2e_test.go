@@ -458,14 +458,7 @@ func TestLockedStateAndStatusWhileRunning(t *testing.T) {
 		// A slow receiver keeps the agent busy.
 		return strings.Replace(s, "    start: beginning\n    classification: internal", "    start: beginning\n    classification: internal\n    batch: 5\n    rate: 100", 1)
 	})
-	cmd := exec.Command(binary, "run", "-c", "demo.yaml")
-	cmd.Dir = dir
-	var se bytes.Buffer
-	cmd.Stderr = &se
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	cmd, se := startRun(t, dir)
 	waitFor(t, func() bool { _, err := os.Stat(filepath.Join(dir, "demo-out", "state.db.sock")); return err == nil })
 	r := run(t, dir, "run", "--once", "-c", "demo.yaml")
 	if r.code != 1 || !strings.Contains(r.stderr, "locked by another process") || !strings.Contains(r.stderr, "connector run") {
@@ -489,6 +482,22 @@ func TestLockedStateAndStatusWhileRunning(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the agent did not stop on SIGINT")
 	}
+}
+
+// startRun starts `connector run -c demo.yaml` in dir; its stderr is
+// collected in the returned buffer. The process is killed at the end of
+// the test if it still runs.
+func startRun(t *testing.T, dir string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(binary, "run", "-c", "demo.yaml")
+	cmd.Dir = dir
+	se := &bytes.Buffer{}
+	cmd.Stderr = se
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd, se
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -722,13 +721,7 @@ func TestKafkaBrokerDownDoesNotBlockCapture(t *testing.T) {
 	k := testenv.NewKafka(t, testenv.KafkaOptions{})
 	k.Stop()
 	dir := demoDir(t, withKafka(k.Addr, "timeout: 2s", "retry: {initial: 100ms, max: 500ms}"))
-	cmd := exec.Command(binary, "run", "-c", "demo.yaml")
-	cmd.Dir = dir
-	var se bytes.Buffer
-	cmd.Stderr = &se
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, se := startRun(t, dir)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	defer func() {

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 )
@@ -22,14 +20,7 @@ func TestMetrics(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	dir := demoDir(t, func(s string) string { return "metrics: " + addr + "\n" + s })
-	cmd := exec.Command(binary, "run", "-c", "demo.yaml")
-	cmd.Dir = dir
-	var se bytes.Buffer
-	cmd.Stderr = &se
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	cmd, se := startRun(t, dir)
 	scrape := func(path string) string {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
