@@ -446,6 +446,19 @@ func (s *Samba) Dial() (*ldap.Conn, error) {
 	return c, nil
 }
 
+// Tool runs samba-tool against the running DC over LDAP, as Administrator
+// (NTLM), e.g. Tool("dsacl", "set", "--objectdn=…", "--sddl=(OD;;RP;…;;SID)").
+func (s *Samba) Tool(args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	args = append(args, "-H", s.URL, "-U", "Administrator%"+s.AdminPW, "--use-kerberos=off", "-s", s.conf)
+	out, err := exec.CommandContext(ctx, "samba-tool", args...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("testenv: samba-tool %s: %w: %s", args[0], err, sambaTail(out, 2000))
+	}
+	return out, nil
+}
+
 func sambaTail(b []byte, n int) string {
 	if len(b) > n {
 		b = b[len(b)-n:]

@@ -16,8 +16,19 @@ import (
 // DirSync flags: INCREMENTAL_VALUES keeps responses small for large groups
 // (the source re-reads every changed object in full anyway), and
 // ANCESTORS_FIRST_ORDER delivers parents before children where the DC
-// supports it.
+// supports it (Windows; Samba ignores it, and the source orders each
+// poll's changes itself, see order).
 const dirSyncFlags = goldap.DirSyncIncrementalValues | goldap.DirSyncAncestorsFirstOrder
+
+// dirSyncFlags adds OBJECT_SECURITY when configured: the DC then needs no
+// "Replicating Directory Changes" right, and returns only the objects and
+// attributes the account may read.
+func (s *Source) dirSyncFlags() int64 {
+	if s.cfg.DirSyncObjectSecurity {
+		return dirSyncFlags | goldap.DirSyncObjectSecurity
+	}
+	return dirSyncFlags
+}
 
 const dirSyncMoreData = 0x1 // response flag: call again with the new cookie
 
@@ -69,7 +80,7 @@ func (s *Source) dirSyncStart(ctx context.Context, ss *session) ([]byte, error) 
 	for {
 		req := goldap.NewSearchRequest(ss.stream.nc, goldap.ScopeWholeSubtree, goldap.NeverDerefAliases, 0, 0, false,
 			"(&(objectClass=*)(!(objectClass=*)))", []string{"objectGUID"}, nil)
-		res, err := ss.lookup.DirSync(req, dirSyncFlags, 0, cookie)
+		res, err := ss.lookup.DirSync(req, s.dirSyncFlags(), 0, cookie)
 		if err != nil {
 			return nil, s.dirSyncError(ss.lookup, err)
 		}
@@ -84,11 +95,30 @@ func (s *Source) dirSyncStart(ctx context.Context, ss *session) ([]byte, error) 
 	}
 }
 
+// checkTombstones warns when DirSync with OBJECT_SECURITY cannot report
+// deletions: the DC returns a tombstone only to an account that may read
+// CN=Deleted Objects, which by default only administrators may.
+func (s *Source) checkTombstones(c *conn) {
+	if !s.cfg.DirSyncObjectSecurity {
+		return
+	}
+	res, err := c.Search(goldap.NewSearchRequest("CN=Deleted Objects,"+c.nc, goldap.ScopeBaseObject, goldap.NeverDerefAliases, 0, 0, false,
+		"(objectClass=*)", []string{"objectGUID"}, []goldap.Control{goldap.NewControlMicrosoftShowDeleted()}))
+	if err == nil && len(res.Entries) == 1 && len(res.Entries[0].GetRawAttributeValue("objectGUID")) == 16 {
+		return
+	}
+	s.log.Warn(`dirsync_object_security: the bind account cannot read CN=Deleted Objects, so DirSync reports no deletions; they are found by the scheduled reconcile only. Grant the account List Contents and Read Property on CN=Deleted Objects (dsacls "CN=Deleted Objects,<domain>" /takeownership, then /G <account>:LCRP), or the "Replicating Directory Changes" right`,
+		"source", s.cfg.Name, "reconcile", s.cfg.reconcile)
+}
+
 func (s *Source) dirSyncError(c *conn, err error) error {
 	switch {
-	case goldap.IsErrorWithCode(err, goldap.LDAPResultInsufficientAccessRights):
-		return &permanentError{s.cfg.errorf(`grant the bind account the "Replicating Directory Changes" right on the domain root (or use change_tracking: usn, which needs only read access)`,
+	case goldap.IsErrorWithCode(err, goldap.LDAPResultInsufficientAccessRights) && !s.cfg.DirSyncObjectSecurity:
+		return &permanentError{s.cfg.errorf(`grant the bind account the "Replicating Directory Changes" right on the domain root; or set dirsync_object_security: true (DirSync then sees only what the account may read), or use change_tracking: usn`,
 			"%s refused DirSync for %q: %v", c.url, s.cfg.BindDN, err)}
+	case goldap.IsErrorWithCode(err, goldap.LDAPResultInsufficientAccessRights):
+		return &permanentError{s.cfg.errorf(`grant the bind account read access to the domain, or the "Replicating Directory Changes" right on the domain root and remove dirsync_object_security`,
+			"%s refused DirSync with OBJECT_SECURITY for %q: %v", c.url, s.cfg.BindDN, err)}
 	case goldap.IsErrorWithCode(err, goldap.LDAPResultUnavailableCriticalExtension) && !strings.Contains(err.Error(), "cookie"):
 		return &permanentError{s.cfg.errorf("use change_tracking: usn", "%s does not support DirSync: %v", c.url, err)}
 	}
@@ -102,14 +132,14 @@ func (s *Source) pollDirSync(ctx context.Context, ss *session, cp *checkpoint, s
 	next := cp.clone()
 	next.InvocationID, next.DSService = ss.stream.invocationID, ss.stream.dsService
 	cookie := cp.Cookie
-	em := newEmitter(sink, s.cfg.BatchSize, "dirsync:"+shortHash(cookie))
+	em := s.incrementalEmitter(ctx, sink, "dirsync:"+shortHash(cookie))
 	p := s.newADProcessor(ss, em)
 	attrs := s.dirSyncAttrs()
 	for {
 		req := goldap.NewSearchRequest(ss.stream.nc, goldap.ScopeWholeSubtree, goldap.NeverDerefAliases, 0, 0, false,
 			"(objectClass=*)", attrs, nil)
 		rctx, cancel := context.WithCancel(ctx)
-		resp := ss.stream.DirSyncAsync(rctx, req, 64, dirSyncFlags, 0, cookie)
+		resp := ss.stream.DirSyncAsync(rctx, req, 64, s.dirSyncFlags(), 0, cookie)
 		var chunk []touched
 		var ctl *goldap.ControlDirSync
 		var perr error
@@ -199,7 +229,7 @@ func (s *Source) pollUSN(ctx context.Context, ss *session, cp *checkpoint, sink 
 	if hcu < cp.USN {
 		return nil, &errEpoch{fmt.Sprintf("the DC's highestCommittedUSN %d is below the stored watermark %d (restored from backup?)", hcu, cp.USN)}
 	}
-	em := newEmitter(sink, s.cfg.BatchSize, fmt.Sprintf("usn:%s:%d", cp.InvocationID, cp.USN))
+	em := s.incrementalEmitter(ctx, sink, fmt.Sprintf("usn:%s:%d", cp.InvocationID, cp.USN))
 	p := s.newADProcessor(ss, em)
 	var chunk []touched
 	filter := fmt.Sprintf("(&(uSNChanged>=%d)(uSNChanged<=%d))", cp.USN+1, hcu)

@@ -80,6 +80,30 @@ func (f *adFixture) user(dn, sam string, extra map[string][]string) {
 	f.d.add(dn, a)
 }
 
+// account creates an ordinary, enabled account (a password set over LDAPS)
+// in the test's OU and returns its DN.
+func (f *adFixture) account(t *testing.T, sam, pw string) string {
+	t.Helper()
+	dn := "CN=" + sam + "," + f.base
+	f.user(dn, sam, nil)
+	enc := make([]byte, 0, 2*(len(pw)+2))
+	for _, r := range `"` + pw + `"` {
+		enc = append(enc, byte(r), byte(r>>8))
+	}
+	m := goldap.NewModifyRequest(dn, nil)
+	m.Replace("unicodePwd", []string{string(enc)})
+	m.Replace("userAccountControl", []string{"512"})
+	if err := f.d.c.Modify(m); err != nil {
+		t.Fatal(err)
+	}
+	return dn
+}
+
+// asAccount binds cfg as sam instead of Administrator.
+func (f *adFixture) asAccount(cfg, sam, pw string) string {
+	return strings.NewReplacer("bind_dn: "+f.srv.AdminUPN, "bind_dn: "+sam+"@example.test", "password: "+f.srv.AdminPW, "password: "+pw).Replace(cfg)
+}
+
 func (f *adFixture) rawGUID(t *testing.T, dn string) []byte {
 	t.Helper()
 	res, err := f.d.c.Search(goldap.NewSearchRequest(dn, goldap.ScopeBaseObject, goldap.NeverDerefAliases, 0, 0, false,
@@ -426,25 +450,12 @@ func TestADCookieAndInvocationID(t *testing.T) {
 func TestADDirSyncRightsAndBadInput(t *testing.T) {
 	f := newADFixture(t)
 	ctx := context.Background()
-	// an ordinary user (enabled by setting a password over LDAPS)
-	sam := "svc" + f.base[3:8]
-	dn := "CN=" + sam + "," + f.base
-	f.user(dn, sam, nil)
-	pw := "Sync-Passw0rd!"
-	enc := make([]byte, 0, 2*(len(pw)+2))
-	for _, r := range `"` + pw + `"` {
-		enc = append(enc, byte(r), byte(r>>8))
-	}
-	m := goldap.NewModifyRequest(dn, nil)
-	m.Replace("unicodePwd", []string{string(enc)})
-	m.Replace("userAccountControl", []string{"512"})
-	if err := f.d.c.Modify(m); err != nil {
-		t.Fatal(err)
-	}
+	sam, pw := "svc"+f.base[3:8], "Sync-Passw0rd!"
+	f.account(t, sam, pw)
 	base := f.config("")
 	cases := []struct{ name, cfg, want string }{
 		{"dirsync rights", strings.NewReplacer("bind_dn: "+f.srv.AdminUPN, "bind_dn: "+sam+"@example.test",
-			"password: "+f.srv.AdminPW, "password: "+pw).Replace(base), "Replicating Directory Changes"},
+			"password: "+f.srv.AdminPW, "password: "+pw).Replace(base), `"Replicating Directory Changes" right on the domain root; or set dirsync_object_security: true`},
 		{"wrong password", strings.Replace(base, "password: "+f.srv.AdminPW, "password: wrong-secret-xyz", 1), "invalid credentials"},
 		{"untrusted certificate", strings.Replace(base, "ca_file: "+f.srv.CAFile, "ca_file: ''", 1), "configure tls.ca_file"},
 		{"missing base", strings.Replace(base, "base_dn: "+yamlQuote(f.base), "base_dn: 'OU=Nope,"+f.srv.BaseDN+"'", 1), "does not exist"},
@@ -577,4 +588,131 @@ func TestADRedeliveryAfterCrash(t *testing.T) {
 	if len(first) == 0 || strings.Join(first, ",") != strings.Join(again, ",") {
 		t.Fatalf("redelivery differs:\n first %v\n again %v", first, again)
 	}
+}
+
+// TestADOrderParentsFirst: Samba returns DirSync results in its index
+// order (it ignores ANCESTORS_FIRST_ORDER), and the tombstones of a
+// subtree deleted at once in any order. The source hands on new units
+// before what lies in them, and deletes children before their parents
+// (DIRECTORY-CASES #17, #19).
+func TestADOrderParentsFirst(t *testing.T) {
+	f := newADFixture(t)
+	sink := newFakeSink(FieldDN)
+	src := newTestSource(t, f.config(""), capture.Options{State: sink})
+	runOnce(t, src, sink)
+	sink.take()
+	dn := f.base
+	var top string
+	for i := range 6 {
+		dn = fmt.Sprintf("OU=L%d,%s", i, dn)
+		if top == "" {
+			top = dn
+		}
+		f.unit(dn)
+		f.user(fmt.Sprintf("CN=u%d,%s", i, dn), fmt.Sprintf("o%d%s", i, f.base[3:8]), nil)
+	}
+	// The events follow the order of the changes.
+	positions := func(ev []event) map[string]int {
+		at := map[string]int{}
+		for i, e := range ev {
+			at[e.Key] = i
+		}
+		return at
+	}
+	runOnce(t, src, sink)
+	ev := sink.take()
+	if len(ev) != 12 || countEvents(ev, "create", "") != 12 {
+		t.Fatalf("want 6 units and 6 users created, got %v", ev)
+	}
+	at := positions(ev)
+	parents := map[string]string{}
+	for _, e := range ev {
+		p := sink.get(e.Record, e.Key)[FieldParentGUID].(string)
+		parents[e.Key] = p
+		if i, ok := at[p]; ok && i > at[e.Key] {
+			t.Errorf("%s came before its parent %s", e.Key, p)
+		}
+	}
+
+	del := goldap.NewDelRequest(top, []goldap.Control{goldap.NewControlSubtreeDelete()})
+	if err := f.d.c.Del(del); err != nil {
+		t.Fatal(err)
+	}
+	runOnce(t, src, sink)
+	ev = sink.take()
+	if len(ev) != 12 || countEvents(ev, "delete", "tombstone") != 12 {
+		t.Fatalf("want 12 tombstones, got %v", ev)
+	}
+	at = positions(ev)
+	for _, e := range ev {
+		if i, ok := at[parents[e.Key]]; ok && i < at[e.Key] {
+			t.Errorf("%s was deleted before its child %s", parents[e.Key], e.Key)
+		}
+	}
+}
+
+// TestADDirSyncObjectSecurity: an ordinary account, without "Replicating
+// Directory Changes", runs DirSync with OBJECT_SECURITY
+// (dirsync_object_security: true) and sees what it may read. An OU whose
+// objectGUID it may not read (a deny ACE) is quarantined, never skipped
+// (DIRECTORY-CASES #4). Samba does not show it tombstones: the source
+// warns, and a deletion is found by the reconcile.
+func TestADDirSyncObjectSecurity(t *testing.T) {
+	f := newADFixture(t)
+	sam, pw := "os"+f.base[3:8], "Sync-Passw0rd!"
+	svc := f.account(t, sam, pw)
+	f.unit("OU=Afd," + f.base)
+	hidden := "OU=Hidden," + f.base
+	f.unit(hidden)
+	gone := "CN=Gone,OU=Afd," + f.base
+	f.user(gone, "gone"+f.base[3:8], nil)
+	res, err := f.d.c.Search(goldap.NewSearchRequest(svc, goldap.ScopeBaseObject, goldap.NeverDerefAliases, 0, 0, false,
+		"(objectClass=*)", []string{"objectSid"}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := SIDString(res.Entries[0].GetRawAttributeValue("objectSid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// deny the account reading objectGUID (schemaIDGUID bf9679e7-…) there
+	if _, err := f.srv.Tool("dsacl", "set", "--objectdn="+hidden, "--sddl=(OD;;RP;bf9679e7-0de6-11d0-a285-00aa003049e2;;"+sid+")"); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := f.asAccount(f.config(""), sam, pw)
+	if err := newTestSource(t, cfg, capture.Options{}).Check(context.Background()); err == nil ||
+		!strings.Contains(err.Error(), "dirsync_object_security: true") {
+		t.Fatalf("without the option: Check = %v, want the refusal naming the right and the option", err)
+	}
+	cfg = f.asAccount(f.config("dirsync_object_security: true\n"), sam, pw)
+	log := &warnings{testLogger: testLogger{t}}
+	sink := newFakeSink(FieldDN)
+	src := newTestSource(t, cfg, capture.Options{Log: log})
+	runOnce(t, src, sink)
+	if n := sink.count("units"); n != 2 {
+		t.Fatalf("units = %d, want the test's OU and Afd", n)
+	}
+	if len(sink.quarantined) != 1 || sink.quarantined[0].Values[FieldDN] != hidden {
+		t.Fatalf("want the OU without a readable objectGUID quarantined, got %+v", sink.quarantined)
+	}
+	if !log.saw("cannot read CN=Deleted Objects") {
+		t.Error("no warning that DirSync reports no deletions to this account")
+	}
+	sink.take()
+
+	f.user("CN=Ny,OU=Afd,"+f.base, "ny"+f.base[3:8], nil)
+	f.d.replace("OU=Afd,"+f.base, "description", "x")
+	runOnce(t, src, sink)
+	wantEvents(t, sink.take(), event{Op: "create", Record: "users", Key: f.guid(t, "CN=Ny,OU=Afd,"+f.base)},
+		event{Op: "update", Record: "units", Key: f.guid(t, "OU=Afd,"+f.base), Changed: []string{"description"}})
+
+	g := f.guid(t, gone)
+	f.d.del(gone)
+	runOnce(t, src, sink)
+	wantEvents(t, sink.take())
+	if err := src.Snapshot(context.Background(), sink); err != nil {
+		t.Fatal(err)
+	}
+	wantEvents(t, sink.take(), event{Op: "delete", Record: "users", Key: g, Reason: "reconciliation-missing"})
 }

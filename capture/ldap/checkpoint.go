@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/os2sandbox/connector/capture"
@@ -98,23 +99,127 @@ type emitter struct {
 	begun   bool
 	epoch   string // EpochBreak for the next batch
 	applied int
+
+	// depth, when set, orders incremental changes (see order); pending
+	// holds them until a window is full or the position is stored.
+	depth   func(*capture.Change) int
+	pending []capture.Change
 }
+
+// orderWindow is how many incremental changes are held to be ordered
+// (parents before children): enough for any ordinary poll, and a bound on
+// memory for a large catch-up, which is then ordered window by window.
+const orderWindow = 10000
 
 func newEmitter(sink capture.Sink, size int, txID string) *emitter {
 	return &emitter{sink: sink, size: size, txID: txID}
 }
 
 func (e *emitter) add(ctx context.Context, ch capture.Change) error {
+	if e.depth != nil {
+		e.pending = append(e.pending, ch)
+		if len(e.pending) >= orderWindow {
+			return e.drain(ctx)
+		}
+		return nil
+	}
+	return e.push(ctx, ch)
+}
+
+func (e *emitter) push(ctx context.Context, ch capture.Change) error {
 	e.changes = append(e.changes, ch)
 	if len(e.changes) >= e.size {
-		return e.flush(ctx, nil, false)
+		return e.apply(ctx, nil, false)
 	}
 	return nil
+}
+
+// drain orders the pending changes and hands them on.
+func (e *emitter) drain(ctx context.Context) error {
+	for _, ch := range order(e.pending, e.depth) {
+		if err := e.push(ctx, ch); err != nil {
+			return err
+		}
+	}
+	e.pending = e.pending[:0]
+	return nil
+}
+
+// order arranges incremental changes the way a receiver can follow them
+// (DIRECTORY-CASES #17, #19): neither DirSync on Samba (which ignores
+// ANCESTORS_FIRST_ORDER) nor syncrepl promise parents before children,
+// and tombstones of a subtree come in any order. So: upserts first,
+// shallow before deep (a unit exists before what points at it), then
+// deletions, deep before shallow (children go before their parent).
+// The sort is stable: otherwise the source's order stays, so a change
+// re-delivered after a crash is re-delivered in the same place, and
+// several upserts of one object keep their order (the first one's reason
+// counts when the engine creates the object). An object both upserted and
+// deleted (read twice while it changed) keeps only its last change, its
+// final state, which sorting could otherwise put first.
+func order(in []capture.Change, depth func(*capture.Change) int) []capture.Change {
+	last := make(map[string]int, len(in))
+	mixed := map[string]bool{}
+	for i := range in {
+		if k := changeID(&in[i]); k != "" {
+			if j, seen := last[k]; seen && (in[j].Op == capture.OpDelete) != (in[i].Op == capture.OpDelete) {
+				mixed[k] = true
+			}
+			last[k] = i
+		}
+	}
+	type item struct {
+		ch    capture.Change
+		del   bool
+		depth int
+	}
+	items := make([]item, 0, len(in))
+	for i := range in {
+		if k := changeID(&in[i]); mixed[k] && last[k] != i {
+			continue
+		}
+		items = append(items, item{in[i], in[i].Op == capture.OpDelete, depth(&in[i])})
+	}
+	sort.SliceStable(items, func(i, j int) bool {
+		a, b := items[i], items[j]
+		if a.del != b.del {
+			return !a.del
+		}
+		if a.del {
+			return a.depth > b.depth
+		}
+		return a.depth < b.depth
+	})
+	out := make([]capture.Change, len(items))
+	for i, it := range items {
+		out[i] = it.ch
+	}
+	return out
+}
+
+// changeID is record and key of a change; "" without a key (a change the
+// engine quarantines, never merged).
+func changeID(ch *capture.Change) string {
+	k, _ := ch.Values[FieldGUID].(string)
+	if k == "" {
+		k, _ = ch.Values[FieldUUID].(string)
+	}
+	if k == "" {
+		return ""
+	}
+	return ch.Record + "\x00" + k
 }
 
 // flush applies what is collected. checkpoint nil keeps the stored one;
 // end closes a snapshot run.
 func (e *emitter) flush(ctx context.Context, checkpoint []byte, end bool) error {
+	if err := e.drain(ctx); err != nil {
+		return err
+	}
+	return e.apply(ctx, checkpoint, end)
+}
+
+func (e *emitter) apply(ctx context.Context, checkpoint []byte, end bool) error {
 	b := capture.Batch{Changes: e.changes, Checkpoint: checkpoint, TransactionID: e.txID, EpochBreak: e.epoch}
 	if e.snap != nil {
 		m := *e.snap

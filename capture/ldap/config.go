@@ -55,6 +55,9 @@ type Config struct {
 	// container so their stored DNs follow (default true).
 	RefreshDescendants *bool `yaml:"refresh_descendants"`
 	BatchSize          int   `yaml:"batch_size"`
+	// DirSyncObjectSecurity sets DirSync's OBJECT_SECURITY flag: no
+	// replication right needed, only what the account may read is seen.
+	DirSyncObjectSecurity bool `yaml:"dirsync_object_security"`
 	// Markers leave out fictive units (their children attach to the
 	// grandparent) and blocked subtrees.
 	Markers Markers `yaml:"markers"`
@@ -217,6 +220,9 @@ func (c Config) validate(file string, node *yaml.Node) (*config, error) {
 	default:
 		return nil, bad("use dirsync, usn, syncrepl or poll", "unknown change_tracking %q", out.ChangeTracking)
 	}
+	if c.DirSyncObjectSecurity && out.ChangeTracking != TrackDirSync {
+		return nil, bad("remove dirsync_object_security, or use change_tracking: dirsync", "dirsync_object_security needs change_tracking: dirsync")
+	}
 	if out.PageSize == 0 {
 		out.PageSize = 500
 	}
@@ -318,7 +324,8 @@ func (c *config) hashRecords() string {
 		Flavor, Tracking, Base, Disabled, Binary string
 		Records                                  []rec
 		Markers                                  *Markers `json:",omitempty"`
-	}{c.Flavor, c.ChangeTracking, strings.ToLower(c.base.String()), c.DisabledAs, c.Binary.Encoding, rs, markersOrNil(c.Markers)})
+		ObjectSecurity                           bool     `json:",omitempty"`
+	}{c.Flavor, c.ChangeTracking, strings.ToLower(c.base.String()), c.DisabledAs, c.Binary.Encoding, rs, markersOrNil(c.Markers), c.DirSyncObjectSecurity})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }

@@ -222,6 +222,13 @@ func (f *fakeSink) take() []event {
 	return ev
 }
 
+// Row gives the source the stored values, as the engine's StateReader.
+func (f *fakeSink) Row(_ context.Context, _, rec string, key map[string]any) (map[string]any, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.live[rec][keyOf(key)]), nil
+}
+
 func (f *fakeSink) get(rec, key string) map[string]any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -270,7 +277,9 @@ func newTestSource(t testing.TB, text string, opts capture.Options) *Source {
 		opts.Name = "dir"
 	}
 	opts.Once = true
-	opts.Log = testLogger{t}
+	if opts.Log == nil {
+		opts.Log = testLogger{t}
+	}
 	s, err := New(doc.Content[0], opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -303,6 +312,31 @@ func (l testLogger) Info(msg string, args ...any)  { l.log("INFO", msg, args...)
 func (l testLogger) Warn(msg string, args ...any)  { l.log("WARN", msg, args...) }
 func (l testLogger) Error(msg string, args ...any) { l.log("ERROR", msg, args...) }
 func (l testLogger) Debug(msg string, args ...any) {}
+
+// warnings records the warnings a source logs.
+type warnings struct {
+	testLogger
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warnings) Warn(msg string, args ...any) {
+	w.mu.Lock()
+	w.msgs = append(w.msgs, msg)
+	w.mu.Unlock()
+	w.testLogger.Warn(msg, args...)
+}
+
+func (w *warnings) saw(part string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, m := range w.msgs {
+		if strings.Contains(m, part) {
+			return true
+		}
+	}
+	return false
+}
 
 // dirOps are test helpers that change the directory.
 type dirOps struct {

@@ -112,7 +112,7 @@ func (s *Source) pollSyncrepl(ctx context.Context, ss *session, cp *checkpoint, 
 	for _, r := range s.cfg.records {
 		all = append(all, cp.Cookies[r.name]...)
 	}
-	em := newEmitter(sink, s.cfg.BatchSize, "syncrepl:"+shortHash(all))
+	em := s.incrementalEmitter(ctx, sink, "syncrepl:"+shortHash(all))
 	rd := s.newReader(ss.lookup)
 	var movedList []moved
 	presentPhase := false
@@ -345,7 +345,7 @@ func (s *Source) pollTimestamp(ctx context.Context, ss *session, cp *checkpoint,
 	if s.cfg.Flavor == FlavorAD {
 		attr, layout = "whenChanged", "20060102150405.0Z" // AD wants the fraction
 	}
-	em := newEmitter(sink, s.cfg.BatchSize, "poll:"+cp.Since)
+	em := s.incrementalEmitter(ctx, sink, "poll:"+cp.Since)
 	rd := s.newReader(ss.lookup)
 	maxSeen := since
 	var movedList []moved

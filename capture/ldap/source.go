@@ -395,6 +395,28 @@ func (s *Source) fullSnapshot(ctx context.Context, ss *session, sink capture.Sin
 	return pos, nil
 }
 
+// incrementalEmitter batches a feed's changes in the order receivers can
+// follow (see order). A change's depth is its DN's; a deletion carries no
+// DN, so the one the engine stored for the object is used.
+func (s *Source) incrementalEmitter(ctx context.Context, sink capture.Sink, txID string) *emitter {
+	em := newEmitter(sink, s.cfg.BatchSize, txID)
+	em.depth = func(ch *capture.Change) int {
+		if dn, ok := ch.Values[FieldDN].(string); ok {
+			return rdnCount(dn)
+		}
+		if s.opts.State == nil {
+			return 0
+		}
+		row, err := s.opts.State.Row(ctx, s.cfg.Name, ch.Record, ch.Values)
+		if err != nil || row == nil {
+			return 0 // unknown to the engine: its deletion makes no event
+		}
+		dn, _ := row[FieldDN].(string)
+		return rdnCount(dn)
+	}
+	return em
+}
+
 // positionOf names where a change came from. An entry without its key is
 // named by its DN, so the quarantine entry says which one it was.
 func (s *Source) positionOf(e *entry) string {
@@ -453,6 +475,7 @@ func (s *Source) position(ctx context.Context, ss *session) (*checkpoint, error)
 			return nil, err
 		}
 		cp.Cookie = cookie
+		s.checkTombstones(c)
 	case TrackUSN:
 		cp.InvocationID, cp.DSService = c.invocationID, c.dsService
 		usn, err := c.readHighestUSN()

@@ -3,6 +3,7 @@ package ldap
 import (
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -356,5 +357,43 @@ func TestRDNCountAndAtBase(t *testing.T) {
 		if got := atBase(r, tc.dn); got != tc.base {
 			t.Errorf("atBase(%q) = %v, want %v", tc.dn, got, tc.base)
 		}
+	}
+}
+
+// TestOrder: upserts shallow before deep, then deletions deep before
+// shallow; an object both upserted and deleted keeps its last change;
+// otherwise the source's order stays.
+func TestOrder(t *testing.T) {
+	up := func(key, dn string) capture.Change {
+		return capture.Change{Record: "r", Op: capture.OpUpsert, Values: map[string]any{FieldUUID: key, FieldDN: dn}}
+	}
+	del := func(key string) capture.Change {
+		return capture.Change{Record: "r", Op: capture.OpDelete, Values: map[string]any{FieldUUID: key}}
+	}
+	stored := map[string]string{"old": "ou=old,dc=x", "oldchild": "cn=c,ou=old,dc=x", "gone": "ou=a,ou=b,ou=c,dc=x"}
+	depth := func(ch *capture.Change) int {
+		if dn, ok := ch.Values[FieldDN].(string); ok {
+			return rdnCount(dn)
+		}
+		return rdnCount(stored[keyOf(ch.Values)])
+	}
+	nokey := capture.Change{Record: "r", Op: capture.OpUpsert, Values: map[string]any{FieldDN: "cn=n,ou=p,dc=x"}}
+	in := []capture.Change{
+		up("child", "cn=c,ou=p,dc=x"), del("old"), up("parent", "ou=p,dc=x"), del("oldchild"), nokey,
+		up("x", "cn=x,ou=p,dc=x"), up("child", "cn=c2,ou=p,dc=x"), del("gone"), up("sib", "cn=s,ou=p,dc=x"), nokey,
+		up("gone", "cn=g,ou=p,dc=x"), // deleted, then read again: the last wins
+	}
+	var got []string
+	for _, ch := range order(in, depth) {
+		got = append(got, fmt.Sprintf("%s:%s:%v", ch.Op, keyOf(ch.Values), ch.Values[FieldDN]))
+	}
+	want := []string{
+		"upsert:parent:ou=p,dc=x",
+		"upsert:child:cn=c,ou=p,dc=x", "upsert::cn=n,ou=p,dc=x", "upsert:x:cn=x,ou=p,dc=x", "upsert:child:cn=c2,ou=p,dc=x",
+		"upsert:sib:cn=s,ou=p,dc=x", "upsert::cn=n,ou=p,dc=x", "upsert:gone:cn=g,ou=p,dc=x",
+		"delete:oldchild:<nil>", "delete:old:<nil>",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("order:\n got  %q\n want %q", got, want)
 	}
 }
