@@ -81,6 +81,9 @@ func benchBatchEvents(b *testing.B, from, n int) []history.Event {
 func BenchmarkDeliver(b *testing.B) {
 	k := testenv.NewKafka(b, testenv.KafkaOptions{InMemory: true, Extra: []kfake.Opt{kfake.BlackholeProduce()}})
 	r := openReceiver(b, &testLog{t: b}, testConfig(k.Addr))
+	// pre, configured alike, renders the baseline's records and those of
+	// the produce-only figure, leaving r's buffers to r's Deliver calls.
+	pre := openReceiver(b, &testLog{t: b}, testConfig(k.Addr))
 	total, batch := *benchEvents, *benchBatch
 
 	// The baseline's records are exactly what the receiver produces,
@@ -90,9 +93,9 @@ func BenchmarkDeliver(b *testing.B) {
 	// to scan, which would slow down whichever side allocates more.
 	var bytes int64
 	records := func(from, n int) []kafkago.Message {
-		r.mu.Lock()
-		msgs, _, err := r.build(context.Background(), benchBatchEvents(b, from, n), 0, false)
-		r.mu.Unlock()
+		pre.mu.Lock()
+		msgs, _, err := pre.build(context.Background(), benchBatchEvents(b, from, n), 0, false)
+		pre.mu.Unlock()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -113,11 +116,11 @@ func BenchmarkDeliver(b *testing.B) {
 		Addr:         kafkago.TCP(k.Addr),
 		Balancer:     balancer,
 		RequiredAcks: kafkago.RequireAll,
-		Compression:  r.s.compression,
+		Compression:  pre.s.compression,
 		// WriteMessages gets batch records at a time, so no partition
 		// batch holds more (the Writer allocates BatchSize slots for each).
 		BatchSize:  batch,
-		BatchBytes: int64(r.s.BatchBytes),
+		BatchBytes: int64(pre.s.BatchBytes),
 		// WriteMessages waits for a batch that is not full this long,
 		// and a partition's share of a call (about batch/6 records) never
 		// fills one; the receiver never waits. A millisecond would add a
@@ -156,14 +159,14 @@ func BenchmarkDeliver(b *testing.B) {
 	produce := func(from, n int) time.Duration {
 		var d time.Duration
 		for i := from; i < from+n; i += batch {
-			r.mu.Lock()
-			msgs, _, err := r.build(context.Background(), benchBatchEvents(b, i, min(batch, from+n-i)), 0, false)
-			r.mu.Unlock()
+			pre.mu.Lock()
+			msgs, _, err := pre.build(context.Background(), benchBatchEvents(b, i, min(batch, from+n-i)), 0, false)
+			pre.mu.Unlock()
 			if err != nil {
 				b.Fatal(err)
 			}
 			start := time.Now()
-			if _, err := r.produce(context.Background(), msgs); err != nil {
+			if _, err := pre.produce(context.Background(), msgs); err != nil {
 				b.Fatal(err)
 			}
 			d += time.Since(start)

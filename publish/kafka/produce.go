@@ -16,7 +16,7 @@ import (
 type stream struct {
 	topic     string
 	partition int
-	msgs      []message
+	msgs      []*message // pointers: a round moves no record
 }
 
 // outcome is how a stream ended: failed is the index of the first event
@@ -100,7 +100,7 @@ func (r *Receiver) round(msgs []message, start int) ([]*stream, int) {
 		} else if len(l.s.msgs)+1 > r.s.BatchSize || l.bytes+m.size > r.s.BatchBytes {
 			break
 		}
-		l.s.msgs = append(l.s.msgs, *m)
+		l.s.msgs = append(l.s.msgs, m)
 		l.bytes += m.size
 	}
 	return streams, end
@@ -114,7 +114,7 @@ func (r *Receiver) sendStream(ctx context.Context, s *stream) outcome {
 // sendChunk produces msgs to one partition. A chunk the broker refuses as
 // too large or invalid is halved, first half first, until the refused
 // record is alone; the halves after a failure are not sent.
-func (r *Receiver) sendChunk(ctx context.Context, topic string, partition int, msgs []message) outcome {
+func (r *Receiver) sendChunk(ctx context.Context, topic string, partition int, msgs []*message) outcome {
 	err := r.produceRequest(ctx, topic, partition, msgs)
 	if err == nil {
 		return outcome{failed: -1}
@@ -148,7 +148,7 @@ func (r *Receiver) sendChunk(ctx context.Context, topic string, partition int, m
 }
 
 // produceRequest sends one produce request and waits for acks=all.
-func (r *Receiver) produceRequest(ctx context.Context, topic string, partition int, msgs []message) error {
+func (r *Receiver) produceRequest(ctx context.Context, topic string, partition int, msgs []*message) error {
 	ctx, cancel := context.WithTimeout(ctx, r.s.Timeout)
 	defer cancel()
 	res, err := r.client.Produce(ctx, &kafkago.ProduceRequest{
@@ -189,7 +189,7 @@ func isRejection(err error) bool {
 
 // records is a kafka-go RecordReader over messages; it can be read once.
 type records struct {
-	msgs       []message
+	msgs       []*message
 	i          int
 	rec        kafkago.Record
 	key, value bytesReader
@@ -199,7 +199,7 @@ func (r *records) ReadRecord() (*kafkago.Record, error) {
 	if r.i >= len(r.msgs) {
 		return nil, io.EOF
 	}
-	m := &r.msgs[r.i]
+	m := r.msgs[r.i]
 	r.i++
 	r.rec = kafkago.Record{Headers: m.headers}
 	r.key.Reset(m.key)
