@@ -593,6 +593,7 @@ func TestADOrganisationPreset(t *testing.T) {
 	d.replace(userDN(1), "userAccountControl", "512")
 
 	wd := presetDir(t, "ad-organisation.yaml")
+	uncommentMarkers(t, wd)
 	env := []string{
 		"CONNECTOR_AD_URL=" + srv.TLSURL,
 		"CONNECTOR_AD_BIND_DN=" + srv.AdminUPN,
@@ -701,6 +702,49 @@ func TestADOrganisationPreset(t *testing.T) {
 			}
 		default:
 			t.Errorf("unexpected event %v", e)
+		}
+	}
+
+	// The preset's markers on adminDescription. Økonomi made fictive: it
+	// is deleted, and bo, the user left in it, now lies in the top unit.
+	d.replace(oeko, "adminDescription", "fiktiv")
+	once()
+	evs = out.next(t)
+	checkOrgEvents(t, evs, cprs)
+	if len(evs) != 2 {
+		t.Fatalf("fictive Økonomi: want its delete and bo's enhed, got %v", evs)
+	}
+	for _, e := range evs {
+		switch e.Object.ID {
+		case d.guid(oeko):
+			if e.Operation != "delete" {
+				t.Errorf("fictive unit: %v", e)
+			}
+		case be["bo"].Object.ID:
+			if e.Operation != "update" || e.After["enhed"] != d.guid(base) {
+				t.Errorf("user below the fictive unit: %v, enhed %v", e, e.After["enhed"])
+			}
+		default:
+			t.Errorf("unexpected event %v", e)
+		}
+	}
+	// Børn og Unge blocked: it goes with Dagpleje, anne and jha; back when
+	// unblocked.
+	d.replace(boern, "adminDescription", "spærret")
+	once()
+	if evs = out.next(t); len(evs) != 4 {
+		t.Fatalf("blocked Børn og Unge: want 4 deletes, got %v", evs)
+	}
+	d.replace(boern, "adminDescription", "åben")
+	once()
+	evs = out.next(t)
+	checkOrgEvents(t, evs, cprs)
+	if len(evs) != 4 {
+		t.Fatalf("unblocked Børn og Unge: want 4 undeletes, got %v", evs)
+	}
+	for _, e := range evs {
+		if e.Operation != "undelete" {
+			t.Errorf("unblocked subtree: %v", e)
 		}
 	}
 }
