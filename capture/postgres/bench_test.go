@@ -1,13 +1,17 @@
 package postgres
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,17 +22,21 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/os2sandbox/connector/capture"
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/state"
+	"github.com/os2sandbox/connector/testenv"
 )
 
 // Benchmarks run with -benchtime 1x (make bench): each does its workload
 // once and reports figures. peak-RSS is the test process's high-water
-// mark so far (the agent benchmark, last, measures the agent process). PG_BENCH_ROWS sets the insert count (default
+// mark so far (the agent benchmarks, last, measure the agent process: the
+// Kafka one runs its broker in this process). PG_BENCH_ROWS sets the insert count (default
 // 1,000,000; updates are a fifth of it, deletes a twentieth).
 
 func benchRows() int {
@@ -60,7 +68,7 @@ func getFixture(b *testing.B) *walFixture {
 		f := &walFixture{e: e, slots: map[string]pglogrepl.LSN{}}
 		ctx := context.Background()
 		e.exec("CREATE PUBLICATION wpub FOR TABLE w")
-		slots := []string{"bench_agent"}
+		slots := []string{"bench_agent", "bench_kafka"}
 		for i := 1; i <= rounds; i++ {
 			slots = append(slots, fmt.Sprintf("bench_decode_%d", i), fmt.Sprintf("bench_source_%d", i))
 		}
@@ -395,26 +403,7 @@ receivers:
 		}
 		// A stored checkpoint at the slot's start: the agent replays the
 		// WAL instead of taking a snapshot.
-		var sys, db string
-		if err := f.e.conn.QueryRow(context.Background(), "SELECT system_identifier::text, current_database() FROM pg_control_system()").Scan(&sys, &db); err != nil {
-			b.Fatal(err)
-		}
-		var tl int32
-		if err := f.e.conn.QueryRow(context.Background(), "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&tl); err != nil {
-			b.Fatal(err)
-		}
-		cp := checkpoint{SystemID: sys, Database: db, Slot: "bench_agent", Timeline: tl, LSN: f.slots["bench_agent"].String(), Captured: []string{"public.w"}}
-		st, err := state.Open(filepath.Join(dir, "state.db"), state.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		err = st.Update(func(tx *state.Tx) error {
-			return history.SaveSource(tx, "pg", history.SourceState{Checkpoint: cp.encode()})
-		})
-		st.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
+		seedCheckpoint(b, f, dir, "bench_agent")
 		args := []string{"run", "--once", "-c", "connector.yaml"}
 		if prof := os.Getenv("PG_BENCH_PROFILE"); prof != "" {
 			args = append(args, "--cpu-profile", prof) // a pprof CPU profile of the agent
@@ -441,6 +430,319 @@ receivers:
 		b.ReportMetric(rate/measured.decode.rate, "ratio")
 		b.ReportMetric(float64(ru.Maxrss)/1024, "agent-peak-RSS-MiB")
 	}
+}
+
+// BenchmarkAgentLatency: commit-to-receiver latency at a steady 5,000
+// changes/s through `connector run` (the real engine, state file and file
+// receiver). A writer commits a transaction of 50 inserts every 10 ms for
+// 20 s (PG_BENCH_LATENCY_SECONDS) and records when each commit returned; a
+// tailer follows the receiver's file and records when each row's event
+// appeared. Latency = appearance - commit, per row.
+// PG_BENCH_LATENCY_DUMP=file writes each transaction's commit time and
+// slowest latency there.
+func BenchmarkAgentLatency(b *testing.B) {
+	seconds := 20
+	if v, err := strconv.Atoi(os.Getenv("PG_BENCH_LATENCY_SECONDS")); err == nil && v > 0 {
+		seconds = v
+	}
+	const perTx, interval = 50, 10 * time.Millisecond
+	bin := connectorBinary(b)
+	for range b.N {
+		e := newEnv(b, "CREATE TABLE lat (id int PRIMARY KEY, v text)")
+		dir := b.TempDir()
+		cfg := fmt.Sprintf(`state: ./state.db
+sources:
+  - name: pg
+    type: postgres
+    dsn: %s
+    tables: [public.lat]
+mappings:
+  - type: Row
+    source: pg
+    record: public.lat
+    id: id
+    fields: {v: v}
+    classification: internal
+receivers:
+  - name: out
+    type: file
+    path: ./events.jsonl
+    start: beginning
+    classification: internal
+`, e.dsn("postgres"))
+		if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command(bin, "run", "-c", "connector.yaml")
+		cmd.Dir = dir
+		var logs bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		stopAgent := func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				<-exited
+			}
+		}
+		waitFor(b, 30*time.Second, "the agent streaming", func() bool {
+			_, active, _ := e.slot("connector_pg")
+			return active
+		})
+
+		total := seconds * int(time.Second/interval) * perTx
+		arrived := make([]time.Time, total)
+		var seen atomic.Int64
+		tailCtx, stopTail := context.WithCancel(context.Background())
+		tailDone := make(chan error, 1)
+		go func() { tailDone <- tailEvents(tailCtx, filepath.Join(dir, "events.jsonl"), arrived, &seen) }()
+
+		// The writer: synchronous_commit on, so that a commit is decodable
+		// when it returns (the cluster runs with it off).
+		ctx := context.Background()
+		c, err := pgx.Connect(ctx, e.dsn("postgres"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "SET synchronous_commit = on"); err != nil {
+			b.Fatal(err)
+		}
+		committed := make([]time.Time, total/perTx)
+		begin := time.Now()
+		for tx := range committed {
+			if d := time.Until(begin.Add(time.Duration(tx) * interval)); d > 0 {
+				time.Sleep(d)
+			}
+			if _, err := c.Exec(ctx, "INSERT INTO lat SELECT i, 'v' || i FROM generate_series($1::int, $2::int) i", tx*perTx, tx*perTx+perTx-1); err != nil {
+				b.Fatal(err)
+			}
+			committed[tx] = time.Now()
+		}
+		wrote := time.Since(begin)
+		c.Close(ctx)
+		deadline := time.Now().Add(60 * time.Second)
+		for seen.Load() < int64(total) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		stopTail()
+		if err := <-tailDone; err != nil {
+			b.Fatal(err)
+		}
+		stopAgent()
+		if n := seen.Load(); n < int64(total) {
+			b.Fatalf("%d of %d events reached the receiver\n%s", n, total, logs.String())
+		}
+		lat := make([]time.Duration, total)
+		for id := range arrived {
+			lat[id] = max(arrived[id].Sub(committed[id/perTx]), 0)
+		}
+		if path := os.Getenv("PG_BENCH_LATENCY_DUMP"); path != "" {
+			// Per transaction: commit time since the start and its slowest
+			// row's latency (ms), to see when the slow ones happen.
+			var dump bytes.Buffer
+			for tx, at := range committed {
+				fmt.Fprintf(&dump, "%d %.1f %.1f\n", tx, float64(at.Sub(begin).Microseconds())/1000,
+					float64(slices.Max(lat[tx*perTx:(tx+1)*perTx]).Microseconds())/1000)
+			}
+			if err := os.WriteFile(path, dump.Bytes(), 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
+		slices.Sort(lat)
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		b.ReportMetric(ms(lat[total/2]), "p50-ms")
+		b.ReportMetric(ms(lat[total*9/10]), "p90-ms")
+		b.ReportMetric(ms(lat[total*99/100]), "p99-ms")
+		b.ReportMetric(ms(lat[total-1]), "max-ms")
+		b.ReportMetric(float64(total)/wrote.Seconds(), "written-rows/s")
+		b.ReportMetric(float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)/1024, "agent-peak-RSS-MiB")
+	}
+}
+
+// tailEvents follows a JSON Lines file of events as it grows and records
+// when the first event of each object (the row id) appeared.
+func tailEvents(ctx context.Context, path string, arrived []time.Time, seen *atomic.Int64) error {
+	var f *os.File
+	for f == nil {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<20)
+	var partial []byte
+	var ev struct {
+		Object struct{ ID string } `json:"object"`
+	}
+	for {
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			partial = append(partial, line...)
+			continue
+		}
+		if err == io.EOF {
+			partial = append(partial, line...)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(500 * time.Microsecond):
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		if len(partial) > 0 {
+			line = append(partial, line...)
+			partial = nil
+		}
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return fmt.Errorf("events.jsonl: %w: %s", err, line)
+		}
+		id, err := strconv.Atoi(ev.Object.ID)
+		if err != nil || id < 0 || id >= len(arrived) {
+			return fmt.Errorf("events.jsonl: unexpected object id %q", ev.Object.ID)
+		}
+		if arrived[id].IsZero() {
+			arrived[id] = now
+			seen.Add(1)
+		}
+	}
+}
+
+// BenchmarkAgentToKafka: `connector run --once` on the WAL fixture of
+// BenchmarkAgentToFileReceiver with a kafka receiver (kfake, in this
+// process, on loopback): events/s, the ratio to the decode-only rate, the
+// agent's peak RSS. The events are counted by consuming the topic (distinct
+// ce_id headers).
+func BenchmarkAgentToKafka(b *testing.B) {
+	f := getFixture(b)
+	measure(b, f)
+	bin := connectorBinary(b)
+	for range b.N {
+		k := testenv.NewKafka(b, testenv.KafkaOptions{InMemory: true})
+		dir := b.TempDir()
+		cfg := fmt.Sprintf(`state: ./state.db
+sources:
+  - name: pg
+    type: postgres
+    dsn: %s
+    tables: [public.w]
+    publication: wpub
+    slot: bench_kafka
+    create_publication: false
+    create_slot: false
+mappings:
+  - type: Worker
+    source: pg
+    record: public.w
+    id: id
+    fields: {name: name, email: email, dept: dept, salary: salary, updated: updated}
+    classification: internal
+receivers:
+  - name: out
+    type: kafka
+    brokers: [%s]
+    start: beginning
+    classification: internal
+`, f.e.dsn("postgres"), k.Addr)
+		if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		seedCheckpoint(b, f, dir, "bench_kafka")
+		cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
+		cmd.Dir = dir
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		start := time.Now()
+		if err := cmd.Run(); err != nil {
+			b.Fatalf("connector run --once: %v\n%s", err, out.String())
+		}
+		took := time.Since(start)
+		ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+		n, err := countKafka(k.Addr, "connector.pg.worker", f.events)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n != f.events {
+			b.Fatalf("the topic holds %d distinct events, want %d\n%s", n, f.events, out.String())
+		}
+		rate := float64(f.events) / took.Seconds()
+		b.ReportMetric(rate, "events/s")
+		b.ReportMetric(rate/measured.decode.rate, "ratio")
+		b.ReportMetric(float64(ru.Maxrss)/1024, "agent-peak-RSS-MiB")
+	}
+}
+
+// seedCheckpoint stores a checkpoint at slot's start in dir/state.db: the
+// agent replays the fixture's WAL instead of taking a snapshot.
+func seedCheckpoint(b *testing.B, f *walFixture, dir, slot string) {
+	ctx := context.Background()
+	var sys, db string
+	if err := f.e.conn.QueryRow(ctx, "SELECT system_identifier::text, current_database() FROM pg_control_system()").Scan(&sys, &db); err != nil {
+		b.Fatal(err)
+	}
+	var tl int32
+	if err := f.e.conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&tl); err != nil {
+		b.Fatal(err)
+	}
+	cp := checkpoint{SystemID: sys, Database: db, Slot: slot, Timeline: tl, LSN: f.slots[slot].String(), Captured: []string{"public.w"}}
+	st, err := state.Open(filepath.Join(dir, "state.db"), state.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = st.Update(func(tx *state.Tx) error {
+		return history.SaveSource(tx, "pg", history.SourceState{Checkpoint: cp.encode()})
+	})
+	st.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// countKafka reads topic from the start until want distinct events (by
+// ce_id) arrived or nothing came for 10 s.
+func countKafka(addr, topic string, want int) (int, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	ids := make(map[string]struct{}, want)
+	for len(ids) < want {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		if ctx.Err() != nil && fs.NumRecords() == 0 {
+			break
+		}
+		if errs := fs.Errors(); len(errs) > 0 && !errors.Is(errs[0].Err, context.DeadlineExceeded) {
+			return len(ids), fmt.Errorf("consume %s: %w", topic, errs[0].Err)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			for _, h := range r.Headers {
+				if h.Key == "ce_id" {
+					ids[string(h.Value)] = struct{}{}
+				}
+			}
+		})
+	}
+	return len(ids), nil
 }
 
 type sinkFunc func(context.Context, capture.Batch) error

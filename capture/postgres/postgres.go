@@ -41,10 +41,11 @@ func init() {
 type Config struct {
 	// DSN is a libpq connection string or URL. Without sslmode, TLS is
 	// required and verified (verify-full) unless the host is a loopback
-	// address or a Unix socket.
+	// address or a Unix socket and no sslrootcert is given.
 	DSN string `yaml:"dsn"`
-	// Tables are the schema-qualified tables to capture ("public.person").
-	// Empty means the tables the mappings read.
+	// Tables are the schema-qualified tables to capture ("public.person"),
+	// plain or partitioned (captured through the root). Empty means the
+	// tables the mappings read.
 	Tables []string `yaml:"tables"`
 	// Publication and Slot default to connector_<source name>.
 	Publication string `yaml:"publication"`
