@@ -77,7 +77,7 @@ func benchBatchEvents(b *testing.B, from, n int) []history.Event {
 // every batch, so broker storage does not blur the client-side figures;
 // broker and clients share this machine's cores.
 //
-//	go test -run '^$' -bench BenchmarkDeliver -benchtime 1x ./publish/kafka -args -kafka.events=1000000
+//	go test -run '^$' -bench BenchmarkDeliver -benchtime 1x ./publish/kafka
 func BenchmarkDeliver(b *testing.B) {
 	k := testenv.NewKafka(b, testenv.KafkaOptions{InMemory: true, Extra: []kfake.Opt{kfake.BlackholeProduce()}})
 	r := openReceiver(b, &testLog{t: b}, testConfig(k.Addr))
