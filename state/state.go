@@ -109,8 +109,11 @@ func Open(path string, opt Options) (*DB, error) {
 		// The freelist is persisted (bbolt's default): without it, every
 		// open walks all pages of the file to rebuild it, which is slow for
 		// a multi-GB state and maps the whole file into memory.
-		FreelistType:    bolt.FreelistMapType,
-		InitialMmapSize: 64 << 20,
+		FreelistType: bolt.FreelistMapType,
+		// Address space, not memory: growing the mapping later means a
+		// remap, which waits for every reader and stalls the commit in
+		// hand (200–400 ms stalls in the first seconds of a stream).
+		InitialMmapSize: 1 << 30,
 	})
 	if err != nil {
 		switch {
