@@ -34,7 +34,7 @@ import (
 // Samba's AD LDAP ports are hard-coded (389/636) and the DC also wants 53,
 // 88, 135, 445, … So samba runs in a private network namespace (unshare -n:
 // only a loopback interface, nothing leaves it), and this process bridges a
-// free host loopback port to 389 and another to 636 inside that namespace
+// free host loopback port to 389, others to 636 and 88 inside that namespace
 // (it dials from a thread that joined the namespace). That needs root.
 type Samba struct {
 	URL      string // ldap://127.0.0.1:PORT (plain LDAP, simple binds allowed)
@@ -46,6 +46,10 @@ type Samba struct {
 	AdminUPN string // Administrator@example.test
 	AdminPW  string
 	Dir      string
+	// Krb5Conf is a krb5.conf for the realm, its KDC (Kerberos over TCP)
+	// bridged to a free loopback port like LDAP. The DC's service
+	// principal is HOST/dc1.example.test (Samba registers no ldap/ SPN).
+	Krb5Conf string
 
 	conf string
 	cmd  *exec.Cmd
@@ -235,9 +239,36 @@ func (s *Samba) Start() error {
 		s.kill()
 		return fmt.Errorf("testenv: samba bridge: %w", err)
 	}
+	kdcL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		ldapL.Close()
+		ldapsL.Close()
+		s.kill()
+		return fmt.Errorf("testenv: samba bridge: %w", err)
+	}
 	s.mu.Lock()
-	s.listeners = []net.Listener{ldapL, ldapsL}
+	s.listeners = []net.Listener{ldapL, ldapsL, kdcL}
 	s.mu.Unlock()
+	go s.bridge(kdcL, "127.0.0.1:88")
+	// udp_preference_limit = 1: always TCP (only TCP is bridged).
+	s.Krb5Conf = filepath.Join(s.Dir, "krb5.conf")
+	krb5 := fmt.Sprintf(`[libdefaults]
+	default_realm = EXAMPLE.TEST
+	dns_lookup_kdc = false
+	dns_lookup_realm = false
+	udp_preference_limit = 1
+[realms]
+	EXAMPLE.TEST = {
+		kdc = %s
+	}
+[domain_realm]
+	.example.test = EXAMPLE.TEST
+`, kdcL.Addr())
+	if err := os.WriteFile(s.Krb5Conf, []byte(krb5), 0o644); err != nil {
+		s.closeBridges()
+		s.kill()
+		return fmt.Errorf("testenv: write krb5.conf: %w", err)
+	}
 	s.URL = "ldap://" + ldapL.Addr().String()
 	s.TLSURL = "ldaps://" + ldapsL.Addr().String()
 	go s.bridge(ldapL, "127.0.0.1:389")
@@ -457,6 +488,18 @@ func (s *Samba) Tool(args ...string) ([]byte, error) {
 		return out, fmt.Errorf("testenv: samba-tool %s: %w: %s", args[0], err, sambaTail(out, 2000))
 	}
 	return out, nil
+}
+
+// ExportKeytab writes a keytab with principal's keys (e.g.
+// "svc@EXAMPLE.TEST") to path, read from the DC's database.
+func (s *Samba) ExportKeytab(principal, path string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "samba-tool", "domain", "exportkeytab", path, "--principal="+principal, "-s", s.conf).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("testenv: samba-tool domain exportkeytab: %w: %s", err, sambaTail(out, 2000))
+	}
+	return nil
 }
 
 func sambaTail(b []byte, n int) string {

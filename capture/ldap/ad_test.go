@@ -716,3 +716,46 @@ func TestADDirSyncObjectSecurity(t *testing.T) {
 	}
 	wantEvents(t, sink.take(), event{Op: "delete", Record: "users", Key: g, Reason: "reconciliation-missing"})
 }
+
+// TestADKerberosBind: SASL GSSAPI binds against Samba's KDC, with the
+// password and with a keytab; the usual mistakes get a hint, never the
+// password.
+func TestADKerberosBind(t *testing.T) {
+	f := newADFixture(t)
+	sam, pw := "kb"+f.base[3:8], "Krb-Passw0rd!"
+	f.account(t, sam, pw)
+	f.unit("OU=Afd," + f.base)
+	keytab := t.TempDir() + "/svc.keytab"
+	if err := f.srv.ExportKeytab(sam+"@EXAMPLE.TEST", keytab); err != nil {
+		t.Fatal(err)
+	}
+	sasl := "sasl: {mechanism: gssapi, krb5_conf: " + f.srv.Krb5Conf + ", spn: HOST/dc1.example.test}\n"
+	cfg := f.asAccount(f.config(sasl+"dirsync_object_security: true\n"), sam, pw)
+	for _, tc := range []struct{ name, cfg string }{
+		{"password", cfg},
+		{"keytab", strings.Replace(strings.Replace(cfg, "password: "+pw+"\n", "", 1), "sasl: {", "sasl: {keytab_file: "+keytab+", ", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := newFakeSink(FieldDN)
+			runOnce(t, newTestSource(t, tc.cfg, capture.Options{}), sink)
+			if sink.get("units", f.guid(t, "OU=Afd,"+f.base)) == nil {
+				t.Fatal("the snapshot over a Kerberos bind lacks OU=Afd")
+			}
+		})
+	}
+	for _, tc := range []struct{ name, cfg, want string }{
+		{"wrong password", strings.Replace(cfg, "password: "+pw, "password: wrong-secret-xyz", 1), "check the password or keytab"},
+		{"unknown spn", strings.Replace(cfg, "spn: HOST/", "spn: ldap/", 1), "set sasl.spn"},
+		{"unknown user", strings.Replace(cfg, "bind_dn: "+sam, "bind_dn: nobody"+sam, 1), "check sasl.username"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := newTestSource(t, tc.cfg, capture.Options{}).Check(context.Background())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Check = %v, want %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "wrong-secret-xyz") || strings.Contains(err.Error(), pw) {
+				t.Fatal("a password leaked into the error")
+			}
+		})
+	}
+}

@@ -58,6 +58,8 @@ type Config struct {
 	// DirSyncObjectSecurity sets DirSync's OBJECT_SECURITY flag: no
 	// replication right needed, only what the account may read is seen.
 	DirSyncObjectSecurity bool `yaml:"dirsync_object_security"`
+	// SASL binds with Kerberos (GSSAPI) instead of a simple bind.
+	SASL SASL `yaml:"sasl"`
 	// Markers leave out fictive units (their children attach to the
 	// grandparent) and blocked subtrees.
 	Markers Markers `yaml:"markers"`
@@ -72,6 +74,24 @@ type TLSConfig struct {
 	ServerName         string `yaml:"server_name"`
 	StartTLS           bool   `yaml:"start_tls"`
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// SASL configures a Kerberos (GSSAPI) bind: the account gets a ticket
+// from the KDC with its password (the source's password) or a keytab, and
+// the DC never sees a password.
+type SASL struct {
+	Mechanism string `yaml:"mechanism"` // gssapi
+	// Username and Realm name the account (svc-connector, KOMMUNE.DK);
+	// from bind_dn when it is user@domain.
+	Username string `yaml:"username"`
+	Realm    string `yaml:"realm"`
+	// Keytab is a keytab file with the account's keys, instead of a
+	// password.
+	Keytab string `yaml:"keytab_file"`
+	// Krb5Conf locates the realm's KDCs (default /etc/krb5.conf).
+	Krb5Conf string `yaml:"krb5_conf"`
+	// SPN is the directory's service principal (default ldap/<url host>).
+	SPN string `yaml:"spn"`
 }
 
 // Record is one configured record: the entries a filter selects below the
@@ -296,6 +316,35 @@ func (c Config) validate(file string, node *yaml.Node) (*config, error) {
 		if _, err := goldap.CompileFilter(f); err != nil {
 			return nil, bad("check parentheses, and escape ( ) * \\ in values as \\28 \\29 \\2a \\5c (RFC 4515)", "markers.%s: filter %q: %v", which, f, err)
 		}
+	}
+	switch strings.ToLower(c.SASL.Mechanism) {
+	case "":
+		if c.SASL != (SASL{}) {
+			return nil, bad("add mechanism: gssapi, or remove sasl", "sasl has no mechanism")
+		}
+	case "gssapi":
+		out.SASL.Mechanism = "gssapi"
+		if out.SASL.Username == "" || out.SASL.Realm == "" {
+			if user, domain, ok := strings.Cut(c.BindDN, "@"); ok && !strings.Contains(c.BindDN, "=") {
+				if out.SASL.Username == "" {
+					out.SASL.Username = user
+				}
+				if out.SASL.Realm == "" {
+					out.SASL.Realm = strings.ToUpper(domain)
+				}
+			}
+		}
+		if out.SASL.Username == "" {
+			return nil, bad("set sasl.username (the account name), or bind_dn: user@domain", "sasl: no Kerberos user")
+		}
+		if (out.SASL.Keytab == "") == (c.Password == "") {
+			return nil, bad("give the account's password, or sasl.keytab_file, not both", "sasl: Kerberos needs a password or a keytab")
+		}
+		if out.SASL.Krb5Conf == "" {
+			out.SASL.Krb5Conf = "/etc/krb5.conf"
+		}
+	default:
+		return nil, bad("use gssapi (Kerberos)", "unknown sasl.mechanism %q", c.SASL.Mechanism)
 	}
 	if c.TLS.InsecureSkipVerify && c.TLS.CAFile != "" {
 		return nil, bad("remove insecure_skip_verify: ca_file is enough", "tls: ca_file and insecure_skip_verify together")

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	goldap "github.com/go-ldap/ldap/v3"
+	"github.com/go-ldap/ldap/v3/gssapi"
+	"github.com/jcmturner/gokrb5/v8/client"
 
 	"github.com/os2sandbox/connector/capture"
 )
@@ -88,9 +90,12 @@ func (s *Source) dialOne(ctx context.Context, u string, tc *tls.Config) (*conn, 
 			return nil, s.connError(u, err)
 		}
 	}
-	if s.cfg.BindDN != "" {
+	switch {
+	case s.cfg.SASL.Mechanism == "gssapi":
+		err = s.kerberosBind(lc, pu.Hostname())
+	case s.cfg.BindDN != "":
 		err = lc.Bind(s.cfg.BindDN, s.cfg.Password)
-	} else {
+	default:
 		err = lc.UnauthenticatedBind("")
 	}
 	if err != nil {
@@ -153,7 +158,67 @@ func (s *Source) connError(u string, err error) error {
 	return fmt.Errorf("ldap source %q: %s: %w", s.cfg.Name, u, err)
 }
 
+// kerberosBind binds with SASL GSSAPI: a service ticket for the
+// directory's SPN from the KDC, got with the password or the keytab. No
+// SASL security layer is negotiated (go-ldap has none): protect the
+// connection with TLS.
+func (s *Source) kerberosBind(lc *goldap.Conn, host string) error {
+	k := s.cfg.SASL
+	var cl *gssapi.Client
+	var err error
+	if k.Keytab != "" {
+		cl, err = gssapi.NewClientWithKeytab(k.Username, k.Realm, k.Keytab, k.Krb5Conf, client.DisablePAFXFAST(true))
+	} else {
+		cl, err = gssapi.NewClientWithPassword(k.Username, k.Realm, s.cfg.Password, k.Krb5Conf, client.DisablePAFXFAST(true))
+	}
+	if err != nil {
+		return &kerberosError{err, true}
+	}
+	defer cl.Destroy()
+	spn := k.SPN
+	if spn == "" {
+		spn = "ldap/" + host
+	}
+	if err := lc.GSSAPIBind(cl, spn, ""); err != nil {
+		return &kerberosError{err, false}
+	}
+	return nil
+}
+
+// kerberosError is a failure to get or use a Kerberos ticket; setup: the
+// krb5.conf or the keytab could not be used.
+type kerberosError struct {
+	err   error
+	setup bool
+}
+
+func (e *kerberosError) Error() string { return e.err.Error() }
+func (e *kerberosError) Unwrap() error { return e.err }
+
 func (s *Source) bindError(u string, err error) error {
+	var ke *kerberosError
+	if errors.As(err, &ke) {
+		k := s.cfg.SASL
+		msg := err.Error()
+		hint := ""
+		switch {
+		case strings.Contains(msg, "KDC_ERR_PREAUTH_FAILED"), strings.Contains(msg, "KDC_ERR_KEY_EXPIRED"):
+			hint = "check the password or keytab of " + k.Username + "@" + k.Realm
+		case strings.Contains(msg, "KDC_ERR_C_PRINCIPAL_UNKNOWN"):
+			hint = "check sasl.username and sasl.realm"
+		case strings.Contains(msg, "KDC_ERR_S_PRINCIPAL_UNKNOWN"):
+			hint = "set sasl.spn to a service principal of the DC, e.g. ldap/<its DNS name> (Samba: HOST/<its DNS name>)"
+		case strings.Contains(msg, "KRB_AP_ERR_SKEW"):
+			hint = "the clocks of this host and the KDC differ by more than 5 minutes; sync them (NTP)"
+		case ke.setup:
+			hint = "check sasl.krb5_conf (the realm and its KDCs) and sasl.keytab_file"
+		}
+		if hint == "" {
+			// The KDC may be down or unreachable: retried.
+			return fmt.Errorf("ldap source %q: %s: Kerberos bind as %s@%s failed: %w", s.cfg.Name, u, k.Username, k.Realm, err)
+		}
+		return &permanentError{s.cfg.errorf(hint, "%s: Kerberos bind as %s@%s refused: %v", u, k.Username, k.Realm, err)}
+	}
 	switch {
 	case goldap.IsErrorWithCode(err, goldap.LDAPResultInvalidCredentials):
 		hint := "check bind_dn and password"

@@ -60,9 +60,15 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if opts.Name != "" {
 		cfg.Name = opts.Name
 	}
-	if opts.Log != nil && cfg.BindDN != "" && !cfg.TLS.StartTLS {
+	if opts.Log != nil && !cfg.TLS.StartTLS {
 		for _, u := range cfg.urls {
-			if strings.HasPrefix(strings.ToLower(u), "ldap://") {
+			switch {
+			case !strings.HasPrefix(strings.ToLower(u), "ldap://"):
+			case cfg.SASL.Mechanism != "":
+				// No password on the wire, but no SASL security layer
+				// either (go-ldap has none): the data is not protected.
+				opts.Log.Warn("Kerberos bind without TLS: the directory's data travels unencrypted and unsigned; use ldaps:// or tls.start_tls: true", "source", cfg.Name, "url", u)
+			case cfg.BindDN != "":
 				opts.Log.Warn("the bind password travels unencrypted; use ldaps:// or tls.start_tls: true", "source", cfg.Name, "url", u)
 			}
 		}
