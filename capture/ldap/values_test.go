@@ -284,6 +284,13 @@ records:
 		{"noise attribute", "records: {users: {filter: '(objectClass=user)', attributes: [lastLogonTimestamp]}}\n", "noise attribute"},
 		{"record outside base", "records: {users: {filter: '(objectClass=user)', base_dn: 'OU=Other,DC=example,DC=org'}}\n", "outside"},
 		{"disabled_as", "disabled_as: hide\n", `unknown disabled_as "hide"`},
+		{"markers", "markers: {fictive: '(ou=a', blocked: '(ou=b)'}\n", "markers.fictive"},
+		{"object security without dirsync", "change_tracking: usn\ndirsync_object_security: true\n", "needs change_tracking: dirsync"},
+		{"sasl without mechanism", "sasl: {username: svc}\n", "sasl has no mechanism"},
+		{"sasl mechanism", "sasl: {mechanism: digest-md5}\n", `unknown sasl.mechanism "digest-md5"`},
+		{"sasl without user", "sasl: {mechanism: gssapi}\npassword: x\n", "no Kerberos user"},
+		{"sasl password and keytab", "bind_dn: svc@example.org\npassword: x\nsasl: {mechanism: gssapi, keytab_file: /k}\n", "a password or a keytab"},
+		{"sasl from bind_dn", "bind_dn: svc@example.org\npassword: x\nsasl: {mechanism: GSSAPI}\n", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -395,5 +402,25 @@ func TestOrder(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("order:\n got  %q\n want %q", got, want)
+	}
+}
+
+func TestSASLFromBindDN(t *testing.T) {
+	var doc yaml.Node
+	yaml.Unmarshal([]byte(`
+flavor: active-directory
+url: ldaps://dc1.example.org
+bind_dn: svc-connector@kommune.dk
+password: x
+base_dn: OU=Org,DC=example,DC=org
+sasl: {mechanism: GSSAPI}
+records: {users: {filter: "(objectClass=user)"}}
+`), &doc)
+	c, err := decodeConfig("cfg.yaml", doc.Content[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := c.SASL; k.Mechanism != "gssapi" || k.Username != "svc-connector" || k.Realm != "KOMMUNE.DK" || k.Krb5Conf != "/etc/krb5.conf" {
+		t.Fatalf("sasl = %+v", k)
 	}
 }
