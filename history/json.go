@@ -327,30 +327,23 @@ func AppendTime(dst []byte, t Time) []byte {
 		return u.AppendFormat(dst, TimeLayout)
 	}
 	hour, min, sec := u.Clock()
-	dst = appendDigits(dst, year, 4)
-	dst = append(dst, '-')
-	dst = appendDigits(dst, int(month), 2)
-	dst = append(dst, '-')
-	dst = appendDigits(dst, day, 2)
-	dst = append(dst, 'T')
-	dst = appendDigits(dst, hour, 2)
-	dst = append(dst, ':')
-	dst = appendDigits(dst, min, 2)
-	dst = append(dst, ':')
-	dst = appendDigits(dst, sec, 2)
-	dst = append(dst, '.')
-	dst = appendDigits(dst, u.Nanosecond()/1000, 6)
-	return append(dst, 'Z')
+	b := [...]byte{0, 0, 0, 0, '-', 0, 0, '-', 0, 0, 'T', 0, 0, ':', 0, 0, ':', 0, 0, '.', 0, 0, 0, 0, 0, 0, 'Z'}
+	putDigits(b[0:4], uint(year))
+	putDigits(b[5:7], uint(month))
+	putDigits(b[8:10], uint(day))
+	putDigits(b[11:13], uint(hour))
+	putDigits(b[14:16], uint(min))
+	putDigits(b[17:19], uint(sec))
+	putDigits(b[20:26], uint(u.Nanosecond()/1000))
+	return append(dst, b[:]...)
 }
 
-// appendDigits appends n (non-negative) zero-padded to width digits.
-func appendDigits(dst []byte, n, width int) []byte {
-	var buf [8]byte
-	for i := width - 1; i >= 0; i-- {
-		buf[i] = byte('0' + n%10)
+// putDigits fills b with n, zero-padded.
+func putDigits(b []byte, n uint) {
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = byte('0' + n%10)
 		n /= 10
 	}
-	return append(dst, buf[:width]...)
 }
 
 func appendTimePtr(dst []byte, t *Time) []byte {
