@@ -348,6 +348,9 @@ func (p *adProcessor) process(ctx context.Context, chunk []touched) error {
 				return err
 			}
 			if ent.noKey {
+				if ent.excluded {
+					return nil // out of scope, and nothing to delete it by
+				}
 				// Matched by objectGUID, yet returned without it: hand it
 				// on whole, for the engine to quarantine.
 				s.warnNoKey(1)
@@ -442,12 +445,15 @@ func (s *Source) descendants(ctx context.Context, ss *session, em *emitter, rd *
 				return err
 			}
 			ch := capture.Change{Record: r.name, ChangeKey: ck, Position: "below=" + key, ChangedAt: ent.changedAt}
+			out := ent.excluded || (!r.base.EqualFold(d) && !r.base.AncestorOfFold(d))
 			switch {
+			case ent.noKey && out:
+				return nil // nothing to delete it by; the engine never held it by this key
 			case ent.noKey:
 				// Handed on whole: the engine quarantines it (no id).
 				s.warnNoKey(1)
 				ch.Op, ch.Values, ch.Position = capture.OpUpsert, ent.values, s.positionOf(ent)
-			case ent.excluded || (!r.base.EqualFold(d) && !r.base.AncestorOfFold(d)):
+			case out:
 				ch.Op, ch.Reason, ch.Values = capture.OpDelete, "moved-out-of-scope", map[string]any{rd.keyAttr(): ent.key}
 			case s.cfg.DisabledAs == "delete" && ent.disabled:
 				ch.Op, ch.Reason, ch.Values = capture.OpDelete, "disabled", map[string]any{rd.keyAttr(): ent.key}

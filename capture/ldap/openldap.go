@@ -240,6 +240,9 @@ func (s *Source) syncEntry(ctx context.Context, em *emitter, rd *reader, r *reco
 	ch := capture.Change{Record: r.name, Op: capture.OpUpsert, Values: ent.values, ChangedAt: ent.changedAt,
 		ChangeKey: ck, Position: s.positionOf(ent)}
 	if ent.noKey {
+		if ent.excluded {
+			return nil, nil // out of scope, and nothing to delete it by
+		}
 		// Handed on whole: the engine quarantines it (no id).
 		s.warnNoKey(1)
 		return nil, em.add(ctx, ch)
