@@ -294,7 +294,10 @@ func (d dir) guid(dn string) string {
 // update of enhed), a CPR-only change (nothing for the internal receiver),
 // a user deleted; CPR never reaches the internal receiver.
 func TestLDAPOrganisationPreset(t *testing.T) {
-	srv := testenv.NewSlapd(t, testenv.SlapdOptions{})
+	// The connector binds as a service account (ACLs bind it, unlike the
+	// root DN), which may not read the entryUUID of entries with
+	// l=hemmelig.
+	srv := testenv.NewSlapd(t, testenv.SlapdOptions{Access: []string{`access to attrs=entryUUID filter=(l=hemmelig) by * none`}})
 	c, err := srv.Dial()
 	if err != nil {
 		t.Fatal(err)
@@ -346,14 +349,17 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 		unitOf[uid] = unitKeys[i%len(units)]
 	}
 
+	svc, svcPW := "cn=connector,"+srv.Suffix, "svc-Passw0rd"
+	d.add(svc, map[string][]string{"objectClass": {"organizationalRole", "simpleSecurityObject"}, "cn": {"connector"}, "userPassword": {svcPW}})
+
 	wd := presetDir(t, "ldap-organisation.yaml")
 	uncommentMarkers(t, wd)
 	ca := filepath.Join(wd, "ca.pem")
 	writeCA(t, ca)
 	env := []string{
 		"CONNECTOR_LDAP_URL=" + srv.URL,
-		"CONNECTOR_LDAP_BIND_DN=" + srv.RootDN,
-		"CONNECTOR_LDAP_PASSWORD=" + srv.RootPW,
+		"CONNECTOR_LDAP_BIND_DN=" + svc,
+		"CONNECTOR_LDAP_PASSWORD=" + svcPW,
 		// Spelled with escapes the server never returns: the top unit is
 		// found by parsed DN (isBase), not by comparing text.
 		"CONNECTOR_LDAP_BASE_DN=" + `OU=\c3\86r\c3\b8 Kommune,` + srv.Suffix,
@@ -363,7 +369,7 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "source   ldap") {
 		t.Fatalf("check: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	if strings.Contains(r.stdout+r.stderr, srv.RootPW) {
+	if strings.Contains(r.stdout+r.stderr, svcPW) {
 		t.Fatal("check printed the password")
 	}
 	once := func() {
@@ -535,6 +541,19 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 		if e.Operation != "undelete" {
 			t.Errorf("unblocked subtree: %v", e)
 		}
+	}
+
+	// A unit whose entryUUID the account may not read: no event, but
+	// quarantined, and connector status counts it (DIRECTORY-CASES #4).
+	d.add("ou=Hemmelig,"+base, map[string][]string{"objectClass": {"organizationalUnit"}, "ou": {"Hemmelig"}, "l": {"hemmelig"}})
+	once()
+	if evs = out.next(t); len(evs) != 0 {
+		t.Fatalf("a unit without a readable key made events: %v", evs)
+	}
+	r = runEnv(t, wd, env, "status", "-c", "org.yaml", "--json")
+	rep = Report{}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep.Sources) != 1 || rep.Sources[0].Quarantined != 1 {
+		t.Fatalf("status: want 1 quarantined change: %+v %v %s", rep.Sources, err, r.stderr)
 	}
 
 	// Nothing changed: nothing happens.
