@@ -29,7 +29,13 @@ var ErrDeletionGuard = errors.New("deletion guard tripped")
 type Guard struct {
 	MaxShare float64 `yaml:"max_share"`
 	MinCount int     `yaml:"min_count"`
-	Override bool    `yaml:"-"`
+	// Window, when positive, guards a change feed too: the deletions its
+	// batches make within this long count together against the limit,
+	// so that a subtree moved out of scope between two polls cannot
+	// delete the organisation downstream either. Zero guards snapshot
+	// runs only.
+	Window   time.Duration `yaml:"window"`
+	Override bool          `yaml:"-"`
 }
 
 // DefaultGuard is 10% and at least 100.
@@ -90,6 +96,18 @@ type SourceState struct {
 	// PendingReconcile is set when continuity broke and a reconcile has
 	// not completed yet.
 	PendingReconcile bool `json:"pendingReconcile,omitempty"`
+	// Live counts the source's live objects (nil: not counted yet, in a
+	// state written before the count existed).
+	Live *int64 `json:"live,omitempty"`
+	// Deletes are the change feed's recent deletions, for Guard.Window.
+	Deletes []DeleteCount `json:"deletes,omitempty"`
+}
+
+// DeleteCount is how many objects a source's change feed deleted in the
+// minute starting At.
+type DeleteCount struct {
+	At Time `json:"at"`
+	N  int  `json:"n"`
 }
 
 // Options configure an Engine.
@@ -228,6 +246,7 @@ type batchCtx struct {
 	reconcile bool
 	initial   bool
 	events    int
+	deleted   int // objects deleted by this batch
 	// quarantined counts this batch's quarantined changes; only the first
 	// few are logged one by one.
 	quarantined int
@@ -533,6 +552,17 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 		bc.counts[typ] = map[string]int{}
 	}
 	bc.counts[typ][r.op]++
+	if bc.ss.Live != nil {
+		switch {
+		case r.deleted:
+			*bc.ss.Live--
+		case img == nil || img.Deleted:
+			*bc.ss.Live++
+		}
+	}
+	if r.deleted {
+		bc.deleted++
+	}
 	if !c.changedAt.IsZero() {
 		bc.ss.LastChange = Ptr(c.changedAt)
 	}
@@ -620,6 +650,9 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 				return err
 			}
 		}
+		if err := s.guardFeed(bc); err != nil {
+			return err // nothing of the batch is committed
+		}
 		if b.Checkpoint != nil {
 			bc.ss.Checkpoint = b.Checkpoint
 		}
@@ -638,6 +671,64 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 		e.opt.Committed(last)
 	}
 	return nil
+}
+
+// guardFeed applies the deletion guard to a change feed (Guard.Window):
+// the deletions of this batch and of the window before it together may
+// not exceed the limit of the live objects there were.
+func (s *Sink) guardFeed(bc *batchCtx) error {
+	g := s.src.Guard
+	if g.Window <= 0 {
+		return nil
+	}
+	if bc.ss.Live == nil {
+		// A state from before the count: count once (after this batch's
+		// deletions, as the kept count is).
+		n, err := s.e.countLive(bc.tx, s.src.Name)
+		if err != nil {
+			return err
+		}
+		bc.ss.Live = &n
+	}
+	if bc.deleted == 0 {
+		return nil
+	}
+	now := s.e.opt.Clock()
+	minute := At(now.Truncate(time.Minute))
+	recent := bc.ss.Deletes[:0:0]
+	total := bc.deleted
+	for _, d := range bc.ss.Deletes {
+		if d.At.After(now.Add(-g.Window)) {
+			recent = append(recent, d)
+			total += d.N
+		}
+	}
+	live := int(*bc.ss.Live) + total // before the window's deletions
+	if limit := g.Limit(live); total > limit && !g.Override {
+		s.e.opt.Log.Error("deletion guard tripped: change feed batch not applied", "source", s.src.Name, "deletes", total, "live", live, "limit", limit, "window", g.Window)
+		return fmt.Errorf("%w: the change feed would delete %d of %d live objects within %s (the limit is %d = max(%.0f%% of live, %d)); nothing of this batch was applied and the source's position did not move. "+
+			"If the deletions are intended (a unit really closed), run once with `connector run --allow-deletions`; if a unit was moved or renamed by mistake, undo that in the register",
+			ErrDeletionGuard, total, live, g.Window, limit, 100*g.MaxShare, g.MinCount)
+	}
+	if n := len(recent); n > 0 && recent[n-1].At.Equal(minute.Time) {
+		recent[n-1].N += bc.deleted
+	} else {
+		recent = append(recent, DeleteCount{At: minute, N: bc.deleted})
+	}
+	bc.ss.Deletes = recent
+	return nil
+}
+
+// countLive counts a source's live objects.
+func (e *Engine) countLive(tx *state.Tx, source string) (int64, error) {
+	var n int64
+	records := e.maps.Records(source)
+	for _, typ := range e.maps.TypesOf(source, records) {
+		if err := e.scanLive(tx, typ, source, records, func(string) error { n++; return nil }); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
 
 func (s *Sink) breakEpoch(ss *SourceState, reason string) {

@@ -629,3 +629,57 @@ func TestSnapshotAppliesParentsFirst(t *testing.T) {
 		}
 	}
 }
+
+// TestFeedDeletionGuard: with a window, a change feed's deletions count
+// together; the batch that goes over the limit is refused whole (nothing
+// applied, the checkpoint kept), and applied with the override.
+func TestFeedDeletionGuard(t *testing.T) {
+	maps := personMapping(t, false)
+	info := history.SourceInfo{Name: "src", Type: "test", ID: "test://src",
+		Guard: history.Guard{MaxShare: 0.1, MinCount: 3, Window: time.Hour}}
+	f := newFixture(t, maps, info)
+	var all []capture.Change
+	for i := range 20 {
+		all = append(all, person(capture.OpInsert, fmt.Sprint(i), "P"))
+	}
+	f.apply(capture.Batch{Changes: all, Checkpoint: []byte("cp0")})
+	del := func(ids ...int) capture.Batch {
+		var b capture.Batch
+		for _, id := range ids {
+			b.Changes = append(b.Changes, person(capture.OpDelete, fmt.Sprint(id), ""))
+		}
+		b.Checkpoint = []byte(fmt.Sprint("cp-del-", ids))
+		return b
+	}
+	f.apply(del(0, 1)) // 2 of 20: under max(2, 3)
+	before := len(f.events())
+	err := f.sink.Apply(context.Background(), del(2, 3)) // 4 within the hour: over
+	if !errors.Is(err, history.ErrDeletionGuard) || !strings.Contains(err.Error(), "would delete 4 of 20 live objects within 1h0m0s") {
+		t.Fatalf("want the feed guard to refuse, got %v", err)
+	}
+	if n := len(f.events()); n != before {
+		t.Fatalf("a refused batch wrote %d events", n-before)
+	}
+	var ss history.SourceState
+	f.db.View(func(tx *state.Tx) error { ss, _ = history.LoadSource(tx, "src"); return nil })
+	if string(ss.Checkpoint) != "cp-del-[0 1]" || ss.Live == nil || *ss.Live != 18 {
+		t.Fatalf("after the refusal: checkpoint %q, live %v", ss.Checkpoint, ss.Live)
+	}
+	// An hour later the window has passed.
+	f.clock = f.clock.Add(2 * time.Hour)
+	f.apply(del(2, 3))
+	// The override lets a larger batch through.
+	big := del(4, 5, 6, 7, 8)
+	if err := f.sink.Apply(context.Background(), big); !errors.Is(err, history.ErrDeletionGuard) {
+		t.Fatalf("5 deletions: %v", err)
+	}
+	over := f.engine.Sink(history.SourceInfo{Name: "src", Type: "test", ID: "test://src",
+		Guard: history.Guard{MaxShare: 0.1, MinCount: 3, Window: time.Hour, Override: true}})
+	if err := over.Apply(context.Background(), big); err != nil {
+		t.Fatal(err)
+	}
+	f.db.View(func(tx *state.Tx) error { ss, _ = history.LoadSource(tx, "src"); return nil })
+	if *ss.Live != 11 {
+		t.Fatalf("live %d, want 11", *ss.Live)
+	}
+}

@@ -104,9 +104,15 @@ func load(path string, opt loadOptions) (*app, error) {
 		if len(maps.Records(e.Name)) == 0 {
 			return nil, configs.Errorf(path, e.Node, "add a mapping with `source: "+e.Name+"`, or remove the source", "source %q: no mapping uses it", e.Name)
 		}
-		g := history.DefaultGuard
-		if se.common.DeletionGuard != (history.Guard{}) {
-			g = se.common.DeletionGuard
+		g := se.common.DeletionGuard
+		if g.MaxShare == 0 && g.MinCount == 0 {
+			g.MaxShare, g.MinCount = history.DefaultGuard.MaxShare, history.DefaultGuard.MinCount
+		}
+		if g.Window == 0 && e.Type == "ldap" {
+			// A directory's change feed is guarded too: a unit moved out
+			// of scope by mistake must not delete the organisation
+			// downstream (window: -1s turns it off).
+			g.Window = time.Hour
 		}
 		if g.MaxShare < 0 || g.MaxShare > 1 || g.MinCount < 0 {
 			return nil, configs.Errorf(path, e.Node, "max_share is a fraction between 0 and 1, min_count a count", "source %q: deletion_guard is out of range", e.Name)
