@@ -17,7 +17,12 @@ func BenchmarkConvert(b *testing.B) {
 	})}, conv: &converter{schema: schema{}, encoding: "base64"}, parents: map[string]parentRef{}, rawParents: map[string]any{}}
 	rd.conv.schema = rd.c.schema
 	rd.parents["ou=u0001,ou=org,dc=example,dc=org"] = parentRef{key: "x", found: true}
-	r := &record{name: "users", attrs: []string{"uid", "cn", "sn", "givenName", "mail", "telephoneNumber", "title"}}
+	base, err := goldap.ParseDN("ou=org,dc=example,dc=org")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := &record{name: "users", attrs: []string{"uid", "cn", "sn", "givenName", "mail", "telephoneNumber", "title"},
+		baseDN: base.String(), base: base}
 	e := goldap.NewEntry("uid=p0001001,ou=u0001,ou=org,dc=example,dc=org", map[string][]string{
 		"uid": {"p0001001"}, "cn": {"Person p0001001"}, "sn": {"Pp0001001"}, "givenName": {"Given"},
 		"mail": {"p0001001@example.org"}, "telephoneNumber": {"+45 1234 5678"}, "title": {"Sagsbehandler"},
