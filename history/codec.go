@@ -47,16 +47,6 @@ func (r *reader) fail() {
 	r.p = nil
 }
 
-func (r *reader) byte() byte {
-	if len(r.p) < 1 {
-		r.fail()
-		return 0
-	}
-	c := r.p[0]
-	r.p = r.p[1:]
-	return c
-}
-
 func (r *reader) uvarint() uint64 {
 	v, n := binary.Uvarint(r.p)
 	if n <= 0 {
