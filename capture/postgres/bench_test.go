@@ -398,9 +398,7 @@ receivers:
     start: beginning
     classification: internal
 `, f.e.dsn("postgres"))
-		if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
-			b.Fatal(err)
-		}
+		writeAgentConfig(b, dir, cfg)
 		// A stored checkpoint at the slot's start: the agent replays the
 		// WAL instead of taking a snapshot.
 		seedCheckpoint(b, f, dir, "bench_agent")
@@ -470,9 +468,7 @@ receivers:
     start: beginning
     classification: internal
 `, e.dsn("postgres"))
-		if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
-			b.Fatal(err)
-		}
+		writeAgentConfig(b, dir, cfg)
 		cmd := exec.Command(bin, "run", "-c", "connector.yaml")
 		cmd.Dir = dir
 		var logs bytes.Buffer
@@ -661,9 +657,7 @@ receivers:
     start: beginning
     classification: internal
 `, f.e.dsn("postgres"), k.Addr)
-		if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
-			b.Fatal(err)
-		}
+		writeAgentConfig(b, dir, cfg)
 		seedCheckpoint(b, f, dir, "bench_kafka")
 		cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
 		cmd.Dir = dir

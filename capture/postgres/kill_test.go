@@ -46,6 +46,24 @@ func connectorBinary(t testing.TB) string {
 	return binPath
 }
 
+// writeAgentConfig writes the agent's connector.yaml into dir.
+func writeAgentConfig(t testing.TB, dir, cfg string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runAgentOnce runs `connector run --once` on dir's connector.yaml.
+func runAgentOnce(t testing.TB, bin, dir string) {
+	t.Helper()
+	cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("connector run --once: %v\n%s", err, out)
+	}
+}
+
 // TestKill9 runs `connector run` (the real engine, state file and file
 // receiver) against PostgreSQL while a workload of inserts, updates and
 // deletes runs, SIGKILLs it at 20 random moments and restarts it each
@@ -86,17 +104,8 @@ receivers:
     start: beginning
     classification: internal
 `, e.dsn("postgres"))
-	if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	runOnce := func() {
-		t.Helper()
-		cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("connector run --once: %v\n%s", err, out)
-		}
-	}
+	writeAgentConfig(t, dir, cfg)
+	runOnce := func() { t.Helper(); runAgentOnce(t, bin, dir) }
 	// The initial load first (crashes inside a snapshot are covered by
 	// TestSnapshotResumeAfterCrash): then every change maps to one event.
 	runOnce()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -214,17 +213,8 @@ receivers:
     start: beginning
     classification: internal
 `, e.dsn("postgres"))
-	if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	runOnce := func() {
-		t.Helper()
-		cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("connector run --once: %v\n%s", err, out)
-		}
-	}
+	writeAgentConfig(t, dir, cfg)
+	runOnce := func() { t.Helper(); runAgentOnce(t, bin, dir) }
 	runOnce()
 	e.exec("UPDATE m SET region = 'north' WHERE id = 1", "DELETE FROM m WHERE id = 2")
 	runOnce()
