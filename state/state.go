@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -83,6 +84,7 @@ type DB struct {
 	bolt         *bolt.DB
 	path         string
 	installation string
+	trimFloor    atomic.Int64 // file-backed resident bytes after the last TrimMemory release
 }
 
 // Open opens (or, unless read-only, creates) the state file at path.
