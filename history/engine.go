@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -246,7 +247,9 @@ type batchCtx struct {
 	reconcile bool
 	initial   bool
 	events    int
-	deleted   int // objects deleted by this batch
+	deleted   int      // objects deleted by this batch
+	deletedIn []string       // the first of them, type/id, for the guard's message
+	whyDelete map[string]int // reason → deletions of this batch
 	// quarantined counts this batch's quarantined changes; only the first
 	// few are logged one by one.
 	quarantined int
@@ -562,6 +565,13 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 	}
 	if r.deleted {
 		bc.deleted++
+		if len(bc.deletedIn) < 10 {
+			bc.deletedIn = append(bc.deletedIn, typ+"/"+id)
+		}
+		if bc.whyDelete == nil {
+			bc.whyDelete = map[string]int{}
+		}
+		bc.whyDelete[r.reason]++
 	}
 	if !c.changedAt.IsZero() {
 		bc.ss.LastChange = Ptr(c.changedAt)
@@ -706,9 +716,13 @@ func (s *Sink) guardFeed(bc *batchCtx) error {
 	live := int(*bc.ss.Live) + total // before the window's deletions
 	if limit := g.Limit(live); total > limit && !g.Override {
 		s.e.opt.Log.Error("deletion guard tripped: change feed batch not applied", "source", s.src.Name, "deletes", total, "live", live, "limit", limit, "window", g.Window)
+		more := ""
+		if bc.deleted > len(bc.deletedIn) {
+			more = fmt.Sprintf(" and %d more", bc.deleted-len(bc.deletedIn))
+		}
 		return fmt.Errorf("%w: the change feed would delete %d of %d live objects within %s (the limit is %d = max(%.0f%% of live, %d)); nothing of this batch was applied and the source's position did not move. "+
-			"If the deletions are intended (a unit really closed), run once with `connector run --allow-deletions`; if a unit was moved or renamed by mistake, undo that in the register",
-			ErrDeletionGuard, total, live, g.Window, limit, 100*g.MaxShare, g.MinCount)
+			"This batch deletes %s%s (%s). If the deletions are intended (a unit really closed), run once with `connector run --allow-deletions`; if a unit was moved or renamed by mistake, undo that in the register",
+			ErrDeletionGuard, total, live, g.Window, limit, 100*g.MaxShare, g.MinCount, strings.Join(bc.deletedIn, ", "), more, bc.deleteReasons())
 	}
 	if n := len(recent); n > 0 && recent[n-1].At.Equal(minute.Time) {
 		recent[n-1].N += bc.deleted
@@ -717,6 +731,15 @@ func (s *Sink) guardFeed(bc *batchCtx) error {
 	}
 	bc.ss.Deletes = recent
 	return nil
+}
+
+// deleteReasons lists the batch's delete reasons with their counts.
+func (bc *batchCtx) deleteReasons() string {
+	var out []string
+	for _, r := range slices.Sorted(maps.Keys(bc.whyDelete)) {
+		out = append(out, fmt.Sprintf("%s: %d", r, bc.whyDelete[r]))
+	}
+	return strings.Join(out, ", ")
 }
 
 // countLive counts a source's live objects.

@@ -654,7 +654,7 @@ func TestFeedDeletionGuard(t *testing.T) {
 	f.apply(del(0, 1)) // 2 of 20: under max(2, 3)
 	before := len(f.events())
 	err := f.sink.Apply(context.Background(), del(2, 3)) // 4 within the hour: over
-	if !errors.Is(err, history.ErrDeletionGuard) || !strings.Contains(err.Error(), "would delete 4 of 20 live objects within 1h0m0s") {
+	if !errors.Is(err, history.ErrDeletionGuard) || !strings.Contains(err.Error(), "would delete 4 of 20 live objects within 1h0m0s") || !strings.Contains(err.Error(), "This batch deletes Person/2, Person/3 (deleted-in-source: 2)") {
 		t.Fatalf("want the feed guard to refuse, got %v", err)
 	}
 	if n := len(f.events()); n != before {

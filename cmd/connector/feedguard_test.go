@@ -55,7 +55,7 @@ func TestLDAPFeedDeletionGuard(t *testing.T) {
 	d.move("ou=A,"+base, "ou=A", outside) // unit A and its 5 users leave the synced subtree
 	r := runEnv(t, wd, env, "run", "--once", "-c", "org.yaml")
 	if r.code != 1 || !strings.Contains(r.stderr, "deletion guard") || !strings.Contains(r.stderr, "change feed would delete 6 of 13 live objects") ||
-		!strings.Contains(r.stderr, "--allow-deletions") {
+		!strings.Contains(r.stderr, "--allow-deletions") || !strings.Contains(r.stderr, "(moved-out-of-scope: 6)") {
 		t.Fatalf("want the feed guard to refuse (exit 1), got %d:\n%s", r.code, r.stderr)
 	}
 	if evs := out.next(t); len(evs) != 0 {
