@@ -247,7 +247,7 @@ type batchCtx struct {
 	reconcile bool
 	initial   bool
 	events    int
-	deleted   int      // objects deleted by this batch
+	deleted   int            // objects deleted by this batch
 	deletedIn []string       // the first of them, type/id, for the guard's message
 	whyDelete map[string]int // reason → deletions of this batch
 	// quarantined counts this batch's quarantined changes; only the first
