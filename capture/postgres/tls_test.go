@@ -75,13 +75,12 @@ func (e *env) dsnFor(user, host string, params url.Values) string {
 	return u.String()
 }
 
-// Streaming over sslmode=verify-full with the cluster's CA: the snapshot
-// and an insert arrive, and both the query and the replication connection
-// are encrypted (the role has hostssl lines only, so plain text would be
-// refused anyway).
-func TestTLSVerifyFullStreams(t *testing.T) {
-	e := tlsEnv(t)
-	dsn := e.dsnFor("tls_agent", "127.0.0.1", url.Values{"sslmode": {"verify-full"}, "sslrootcert": {e.pg.CAFile}})
+// streamAs connects as role over sslmode=verify-full with the cluster's
+// CA, checks, and waits for the snapshot of the one row and a streamed
+// insert.
+func streamAs(t *testing.T, e *env, role string) *memSink {
+	t.Helper()
+	dsn := e.dsnFor(role, "127.0.0.1", url.Values{"sslmode": {"verify-full"}, "sslrootcert": {e.pg.CAFile}})
 	src, _ := e.source("dsn: "+dsn, "tables: [public.person]", "publication: pub", "create_publication: false")
 	if err := src.Check(context.Background()); err != nil {
 		t.Fatalf("Check: %v", err)
@@ -91,6 +90,16 @@ func TestTLSVerifyFullStreams(t *testing.T) {
 	waitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.snapshotOf("public.person")) == 1 })
 	e.exec("INSERT INTO person VALUES (2, 'Bo')")
 	waitFor(t, 10*time.Second, "the insert", func() bool { return len(sink.streamed()) == 1 })
+	return sink
+}
+
+// Streaming over sslmode=verify-full with the cluster's CA: the snapshot
+// and an insert arrive, and both the query and the replication connection
+// are encrypted (the role has hostssl lines only, so plain text would be
+// refused anyway).
+func TestTLSVerifyFullStreams(t *testing.T) {
+	e := tlsEnv(t)
+	sink := streamAs(t, e, "tls_agent")
 	if got := sink.streamed()[0].Values["name"]; got != "Bo" {
 		t.Fatalf("streamed %v", sink.streamed()[0].Values)
 	}
@@ -174,16 +183,7 @@ func TestConnectErrors(t *testing.T) {
 // with a database line and no replication line streams.
 func TestHBADatabaseLineSuffices(t *testing.T) {
 	e := tlsEnv(t)
-	dsn := e.dsnFor("db_only", "127.0.0.1", url.Values{"sslmode": {"verify-full"}, "sslrootcert": {e.pg.CAFile}})
-	src, _ := e.source("dsn: "+dsn, "tables: [public.person]", "publication: pub", "create_publication: false")
-	if err := src.Check(context.Background()); err != nil {
-		t.Fatalf("Check: %v", err)
-	}
-	sink := newSink(map[string][]string{"public.person": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.snapshotOf("public.person")) == 1 })
-	e.exec("INSERT INTO person VALUES (2, 'Bo')")
-	waitFor(t, 10*time.Second, "the insert", func() bool { return len(sink.streamed()) == 1 })
+	streamAs(t, e, "db_only")
 	var walsenders int
 	if err := e.conn.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_replication WHERE usename = 'db_only'").Scan(&walsenders); err != nil {
 		t.Fatal(err)
