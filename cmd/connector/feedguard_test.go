@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -71,6 +72,11 @@ func TestLDAPFeedDeletionGuard(t *testing.T) {
 	evs := out.next(t)
 	if len(evs) != 6 {
 		t.Fatalf("after the override: %v, want 6 deletes", evs)
+	}
+	st := runEnv(t, wd, env, "status", "-c", "org.yaml", "--json")
+	var rep Report
+	if err := json.Unmarshal([]byte(st.stdout), &rep); err != nil || len(rep.Sources) != 1 || rep.Sources[0].Live == nil || *rep.Sources[0].Live != 7 {
+		t.Fatalf("status should count 7 live objects: %v\n%s", err, st.stdout)
 	}
 	for _, e := range evs {
 		if e.Operation != "delete" || e.Reason != "moved-out-of-scope" {

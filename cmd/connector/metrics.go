@@ -52,6 +52,7 @@ var (
 	descLog          = prometheus.NewDesc("connector_log_events", "Events in the agent's log (the last sequence number).", nil, nil)
 	descStateBytes   = prometheus.NewDesc("connector_state_bytes", "Size of the state file.", nil, nil)
 	descSrcEvents    = prometheus.NewDesc("connector_source_events_total", "Events derived from a source's changes.", []string{"source", "type"}, nil)
+	descSrcLive      = prometheus.NewDesc("connector_source_live_objects", "A source's live objects, where the engine counts them (sources with a change-feed deletion guard).", []string{"source"}, nil)
 	descSrcQuar      = prometheus.NewDesc("connector_source_quarantined_total", "Changes of a source that could not be mapped (see connector status).", []string{"source"}, nil)
 	descSrcEpoch     = prometheus.NewDesc("connector_source_epoch", "A source's epoch; it grows when continuity with the register broke.", []string{"source"}, nil)
 	descSrcChange    = prometheus.NewDesc("connector_source_last_change_timestamp_seconds", "When the register committed the last change the agent applied.", []string{"source"}, nil)
@@ -68,7 +69,7 @@ var (
 type statusCollector struct{ a *app }
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLog, descStateBytes, descSrcEvents, descSrcQuar, descSrcEpoch, descSrcChange,
+	for _, d := range []*prometheus.Desc{descLog, descStateBytes, descSrcEvents, descSrcLive, descSrcQuar, descSrcEpoch, descSrcChange,
 		descSrcApplied, descSrcReconcile, descRcvCursor, descRcvLag, descRcvLagSec, descRcvDead, descRcvFailing} {
 		ch <- d
 	}
@@ -99,6 +100,9 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descSrcQuar, float64(s.Quarantined), s.Name)
 		gauge(descSrcEpoch, float64(s.Epoch), s.Name)
 		gauge(descSrcReconcile, bit(s.PendingReconcile), s.Name)
+		if s.Live != nil {
+			gauge(descSrcLive, float64(*s.Live), s.Name)
+		}
 		if s.LastChange != nil {
 			gauge(descSrcChange, float64(s.LastChange.UnixMicro())/1e6, s.Name)
 		}

@@ -32,17 +32,20 @@ type Report struct {
 
 // SourceReport is one source's line.
 type SourceReport struct {
-	Name             string        `json:"name"`
-	Type             string        `json:"type"`
-	Epoch            uint64        `json:"epoch"`
-	EpochReason      string        `json:"epochReason,omitempty"`
-	Position         string        `json:"position,omitempty"`
-	LastChange       *history.Time `json:"lastChange,omitempty"`
-	LastApplied      *history.Time `json:"lastApplied,omitempty"`
-	Events           uint64        `json:"events"`
-	Quarantined      uint64        `json:"quarantined"`
-	PendingReconcile bool          `json:"pendingReconcile"`
-	SnapshotStaged   bool          `json:"snapshotStaged"`
+	Name        string        `json:"name"`
+	Type        string        `json:"type"`
+	Epoch       uint64        `json:"epoch"`
+	EpochReason string        `json:"epochReason,omitempty"`
+	Position    string        `json:"position,omitempty"`
+	LastChange  *history.Time `json:"lastChange,omitempty"`
+	LastApplied *history.Time `json:"lastApplied,omitempty"`
+	Events      uint64        `json:"events"`
+	// Live counts the source's live objects, where the engine keeps the
+	// count (a source with a change-feed deletion guard).
+	Live             *int64 `json:"live,omitempty"`
+	Quarantined      uint64 `json:"quarantined"`
+	PendingReconcile bool   `json:"pendingReconcile"`
+	SnapshotStaged   bool   `json:"snapshotStaged"`
 }
 
 // ReceiverReport is one receiver's line.
@@ -124,7 +127,7 @@ func (a *app) report(db *state.DB) (*Report, error) {
 			}
 			rep.Sources = append(rep.Sources, SourceReport{Name: s.Name, Type: s.Type, Epoch: ss.Epoch, EpochReason: ss.EpochReason,
 				Position: ss.Position, LastChange: ss.LastChange, LastApplied: ss.LastApplied, Events: ss.Events,
-				Quarantined: ss.Quarantined, PendingReconcile: ss.PendingReconcile, SnapshotStaged: st != nil})
+				Quarantined: ss.Quarantined, PendingReconcile: ss.PendingReconcile, SnapshotStaged: st != nil, Live: ss.Live})
 		}
 		for _, r := range a.receivers {
 			cur, ok, err := publish.LoadCursor(tx, r.Name)
@@ -158,7 +161,7 @@ func printReport(out io.Writer, r *Report) {
 	}
 	fmt.Fprintf(out, "state %s%s: %d events in the log, %.1f MiB\n\n", r.State, run, r.LogLength, float64(r.SizeBytes)/(1<<20))
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tTYPE\tEPOCH\tEVENTS\tLAST CHANGE\tQUARANTINED\tPOSITION\tNOTE")
+	fmt.Fprintln(tw, "SOURCE\tTYPE\tEPOCH\tEVENTS\tLIVE\tLAST CHANGE\tQUARANTINED\tPOSITION\tNOTE")
 	for _, s := range r.Sources {
 		note := ""
 		if s.PendingReconcile {
@@ -169,7 +172,11 @@ func printReport(out io.Writer, r *Report) {
 		if s.SnapshotStaged {
 			note += " snapshot staged"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", s.Name, s.Type, s.Epoch, s.Events, timeOrDash(s.LastChange), s.Quarantined, s.Position, note)
+		live := "-"
+		if s.Live != nil {
+			live = fmt.Sprint(*s.Live)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n", s.Name, s.Type, s.Epoch, s.Events, live, timeOrDash(s.LastChange), s.Quarantined, s.Position, note)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "RECEIVER\tTYPE\tCURSOR\tLAG EVENTS\tLAG SECONDS\tDEAD LETTERS\tLAST ERROR")
