@@ -189,20 +189,12 @@ func (st *streamer) apply(ctx context.Context, sink capture.Sink) error {
 			continue // shutting down: not durable, sent again next time
 		}
 		q, pending := st.coalesce(q)
-		if err := sink.Apply(ctx, q.b); err != nil {
-			if ctx.Err() != nil {
-				continue
-			}
+		if err := st.applyOne(ctx, sink, q); err != nil {
 			return err
 		}
-		st.mu.Lock()
-		st.durableCP = q.cp
-		st.mu.Unlock()
-		if l := uint64(q.cp.lsn()); l > st.durable.Load() {
-			st.durable.Store(l)
-			st.progress.Store(time.Now().UnixNano())
+		if ctx.Err() != nil {
+			continue // the batch may not be durable: sent again next time
 		}
-		st.applied.Add(int64(len(q.b.Changes)))
 		if pending != nil {
 			// A batch that could not be merged (a snapshot or an epoch
 			// break) goes on its own, in order.
