@@ -101,8 +101,8 @@ func decodeStaged(v []byte) (related []string, data []byte, ok bool, err error) 
 // selfRelated lists the ids obj relates to in its own type (its parent).
 func selfRelated(m *mapping.Mapping, obj mapping.Object) []string {
 	var out []string
-	for field, target := range m.Relations() {
-		if target != m.Type {
+	for field, f := range m.Fields { // not Relations(): no map per staged object
+		if f.Relation != m.Type {
 			continue
 		}
 		var id string
@@ -623,8 +623,8 @@ func (s *Sink) applyChunk(bc *batchCtx, st *state.Staged, meta *runMeta) error {
 
 // hasSelfRelation reports whether m has a relation to its own type.
 func hasSelfRelation(m *mapping.Mapping) bool {
-	for _, target := range m.Relations() {
-		if target == m.Type {
+	for _, f := range m.Fields {
+		if f.Relation == m.Type {
 			return true
 		}
 	}
