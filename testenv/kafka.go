@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
@@ -174,5 +175,25 @@ func (k *Kafka) Close() {
 	}
 	if k.Dir != "" {
 		os.RemoveAll(k.Dir)
+	}
+}
+
+// ReaderConfig is a kafka-go consumer-group reader of topics from the
+// beginning, with timeouts short enough for tests against this broker
+// (joins, rebalances and empty fetches in milliseconds, not seconds).
+func (k *Kafka) ReaderConfig(group string, topics []string) kafkago.ReaderConfig {
+	return kafkago.ReaderConfig{
+		Brokers:           []string{k.Addr},
+		GroupID:           group,
+		GroupTopics:       topics,
+		StartOffset:       kafkago.FirstOffset,
+		MaxBytes:          10 << 20,
+		MaxWait:           200 * time.Millisecond,
+		HeartbeatInterval: 500 * time.Millisecond,
+		SessionTimeout:    6 * time.Second,
+		RebalanceTimeout:  2 * time.Second,
+		JoinGroupBackoff:  200 * time.Millisecond,
+		ReadBackoffMin:    20 * time.Millisecond,
+		ReadBackoffMax:    200 * time.Millisecond,
 	}
 }

@@ -83,11 +83,11 @@ func (r record) isState() bool { return strings.HasSuffix(r.topic, ".state") }
 // readKafka reads every record of topics, from the first offset to the
 // end offsets the broker reports when it is called, with a kafka-go
 // consumer group. The result is in (topic, partition, offset) order.
-func readKafka(t *testing.T, addr string, topics []string) []record {
+func readKafka(t *testing.T, k *testenv.Kafka, topics []string) []record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	client := &kafkago.Client{Addr: kafkago.TCP(addr), Timeout: 10 * time.Second}
+	client := &kafkago.Client{Addr: kafkago.TCP(k.Addr), Timeout: 10 * time.Second}
 	md, err := client.Metadata(ctx, &kafkago.MetadataRequest{Topics: topics})
 	if err != nil {
 		t.Fatalf("kafka metadata: %v", err)
@@ -124,20 +124,7 @@ func readKafka(t *testing.T, addr string, topics []string) []record {
 		}
 	}
 
-	rd := kafkago.NewReader(kafkago.ReaderConfig{
-		Brokers:           []string{addr},
-		GroupID:           fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano()),
-		GroupTopics:       topics,
-		StartOffset:       kafkago.FirstOffset,
-		MaxBytes:          10 << 20,
-		MaxWait:           200 * time.Millisecond,
-		HeartbeatInterval: 500 * time.Millisecond,
-		SessionTimeout:    6 * time.Second,
-		RebalanceTimeout:  2 * time.Second,
-		JoinGroupBackoff:  200 * time.Millisecond,
-		ReadBackoffMin:    20 * time.Millisecond,
-		ReadBackoffMax:    200 * time.Millisecond,
-	})
+	rd := kafkago.NewReader(k.ReaderConfig(fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano()), topics))
 	defer rd.Close()
 	var out []record
 	for len(end) > 0 {
@@ -492,7 +479,7 @@ func TestKafkaDemo(t *testing.T) {
 		t.Fatalf("kafka receiver after run --once: %+v", kr)
 	}
 
-	recs := readKafka(t, k.Addr, kafkaTopics)
+	recs := readKafka(t, k, kafkaTopics)
 	res := checkEvents(t, recs, log, rep.Installation)
 	if res.records != len(log) || res.duplicates != 0 {
 		t.Fatalf("%d records on the event topics for %d events (%d duplicates); an undisturbed run delivers each once", res.records, len(log), res.duplicates)
@@ -637,7 +624,7 @@ func TestKafkaKill9(t *testing.T) {
 	if kr := receiverOf(t, rep, "kafka"); kr.Cursor != rep.LogLength || kr.DeadLetters != 0 {
 		t.Fatalf("kafka receiver after the final run: %+v", kr)
 	}
-	recs := readKafka(t, k.Addr, kafkaTopics)
+	recs := readKafka(t, k, kafkaTopics)
 	res := checkEvents(t, recs, log, rep.Installation)
 	live := checkStateTopics(t, recs, log)
 	if res.duplicates == 0 {
@@ -666,7 +653,7 @@ func TestKafkaReplay(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("replay --from beginning: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	recs := readKafka(t, k.Addr, kafkaTopics)
+	recs := readKafka(t, k, kafkaTopics)
 	res := checkEvents(t, recs, log, rep.Installation)
 	if res.records != 2*len(log) || res.duplicates != 0 || res.byEmission["replay"] != len(log) {
 		t.Fatalf("after a full replay: %d records (%d duplicates, %v by emission) for %d events; want each event once live and once replayed",
@@ -684,7 +671,7 @@ func TestKafkaReplay(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("replay --from %d: exit %d\n%s\n%s", from, r.code, r.stdout, r.stderr)
 	}
-	recs = readKafka(t, k.Addr, kafkaTopics)
+	recs = readKafka(t, k, kafkaTopics)
 	checkEvents(t, recs, log, rep.Installation)
 	checkStateTopics(t, recs, log)
 	var tail []uint64
@@ -777,7 +764,7 @@ func TestKafkaBrokerDownDoesNotBlockCapture(t *testing.T) {
 		t.Fatal("the agent did not stop on SIGINT")
 	}
 	log := deliveredLog(t, dir)
-	recs := readKafka(t, k.Addr, kafkaTopics)
+	recs := readKafka(t, k, kafkaTopics)
 	res := checkEvents(t, recs, log, rep.Installation)
 	checkStateTopics(t, recs, log)
 	t.Logf("%d events, %d records on Kafka (%d duplicates)", len(log), res.records, res.duplicates)

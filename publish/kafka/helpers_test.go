@@ -195,21 +195,9 @@ func consume(t testing.TB, k *testenv.Kafka, topics []string, done func([]kafkag
 // consumeWith is consume through dialer (TLS, SASL); nil is plain TCP.
 func consumeWith(t testing.TB, k *testenv.Kafka, dialer *kafkago.Dialer, topics []string, done func([]kafkago.Message) bool) []kafkago.Message {
 	t.Helper()
-	rd := kafkago.NewReader(kafkago.ReaderConfig{
-		Brokers:           []string{k.Addr},
-		Dialer:            dialer,
-		GroupID:           fmt.Sprintf("test-%d-%d", time.Now().UnixNano(), groupSeq.Add(1)),
-		GroupTopics:       topics,
-		StartOffset:       kafkago.FirstOffset,
-		MaxBytes:          10 << 20,
-		MaxWait:           200 * time.Millisecond,
-		HeartbeatInterval: 500 * time.Millisecond,
-		SessionTimeout:    6 * time.Second,
-		RebalanceTimeout:  2 * time.Second,
-		JoinGroupBackoff:  200 * time.Millisecond,
-		ReadBackoffMin:    20 * time.Millisecond,
-		ReadBackoffMax:    200 * time.Millisecond,
-	})
+	rc := k.ReaderConfig(fmt.Sprintf("test-%d-%d", time.Now().UnixNano(), groupSeq.Add(1)), topics)
+	rc.Dialer = dialer
+	rd := kafkago.NewReader(rc)
 	defer rd.Close()
 	var out []kafkago.Message
 	deadline := time.Now().Add(60 * time.Second)
