@@ -374,30 +374,7 @@ func BenchmarkAgentToFileReceiver(b *testing.B) {
 	bin := connectorBinary(b)
 	for range b.N {
 		dir := b.TempDir()
-		cfg := fmt.Sprintf(`state: ./state.db
-sources:
-  - name: pg
-    type: postgres
-    dsn: %s
-    tables: [public.w]
-    publication: wpub
-    slot: bench_agent
-    create_publication: false
-    create_slot: false
-mappings:
-  - type: Worker
-    source: pg
-    record: public.w
-    id: id
-    fields: {name: name, email: email, dept: dept, salary: salary, updated: updated}
-    classification: internal
-receivers:
-  - name: out
-    type: file
-    path: ./events.jsonl
-    start: beginning
-    classification: internal
-`, f.e.dsn("postgres"))
+		cfg := benchAgentConfig(f, "bench_agent", "type: file\n    path: ./events.jsonl")
 		writeAgentConfig(b, dir, cfg)
 		// A stored checkpoint at the slot's start: the agent replays the
 		// WAL instead of taking a snapshot.
@@ -633,30 +610,7 @@ func BenchmarkAgentToKafka(b *testing.B) {
 	for range b.N {
 		k := testenv.NewKafka(b, testenv.KafkaOptions{InMemory: true})
 		dir := b.TempDir()
-		cfg := fmt.Sprintf(`state: ./state.db
-sources:
-  - name: pg
-    type: postgres
-    dsn: %s
-    tables: [public.w]
-    publication: wpub
-    slot: bench_kafka
-    create_publication: false
-    create_slot: false
-mappings:
-  - type: Worker
-    source: pg
-    record: public.w
-    id: id
-    fields: {name: name, email: email, dept: dept, salary: salary, updated: updated}
-    classification: internal
-receivers:
-  - name: out
-    type: kafka
-    brokers: [%s]
-    start: beginning
-    classification: internal
-`, f.e.dsn("postgres"), k.Addr)
+		cfg := benchAgentConfig(f, "bench_kafka", "type: kafka\n    brokers: ["+k.Addr+"]")
 		writeAgentConfig(b, dir, cfg)
 		seedCheckpoint(b, f, dir, "bench_kafka")
 		cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
@@ -737,6 +691,34 @@ func countKafka(addr, topic string, want int) (int, error) {
 		})
 	}
 	return len(ids), nil
+}
+
+// benchAgentConfig is the agent's configuration for the WAL fixture:
+// replay slot into one receiver (its type and keys given).
+func benchAgentConfig(f *walFixture, slot, receiver string) string {
+	return fmt.Sprintf(`state: ./state.db
+sources:
+  - name: pg
+    type: postgres
+    dsn: %s
+    tables: [public.w]
+    publication: wpub
+    slot: %s
+    create_publication: false
+    create_slot: false
+mappings:
+  - type: Worker
+    source: pg
+    record: public.w
+    id: id
+    fields: {name: name, email: email, dept: dept, salary: salary, updated: updated}
+    classification: internal
+receivers:
+  - name: out
+    %s
+    start: beginning
+    classification: internal
+`, f.e.dsn("postgres"), slot, receiver)
 }
 
 type sinkFunc func(context.Context, capture.Batch) error
