@@ -197,15 +197,17 @@ func (d *Dispatcher) Notify(uint64) {
 	}
 }
 
-// Run delivers until ctx is done. With once, each receiver returns when it
-// has delivered everything in the log at the time it catches up.
-func (d *Dispatcher) Run(ctx context.Context, once bool) error {
+// Run delivers until ctx is done or, once drain is closed, until each
+// receiver has delivered everything the log held when it was closed. A
+// nil drain never closes. One Run per dispatcher at a time: two would
+// deliver the same events concurrently, out of order.
+func (d *Dispatcher) Run(ctx context.Context, drain <-chan struct{}) error {
 	var wg sync.WaitGroup
 	for _, o := range d.outs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o.err = d.loop(ctx, o, once)
+			o.err = d.loop(ctx, o, drain)
 		}()
 	}
 	wg.Wait()
@@ -216,6 +218,13 @@ func (d *Dispatcher) Run(ctx context.Context, once bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Drain delivers everything the log holds now and returns.
+func (d *Dispatcher) Drain(ctx context.Context) error {
+	drain := make(chan struct{})
+	close(drain)
+	return d.Run(ctx, drain)
 }
 
 // Close closes every receiver.
@@ -231,24 +240,28 @@ func (d *Dispatcher) Close() error {
 
 // loop is one receiver's goroutine: read a batch after the cursor,
 // deliver, advance the cursor by what was confirmed, repeat.
-func (d *Dispatcher) loop(ctx context.Context, o *output, once bool) error {
+func (d *Dispatcher) loop(ctx context.Context, o *output, drain <-chan struct{}) error {
 	backoff := o.cfg.Retry.Initial
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		// Seen before the read: everything committed before drain closed
+		// is in it.
+		draining := closed(drain)
 		cur, batch, err := d.read(o)
 		if err != nil {
 			return err
 		}
 		if len(batch.events) == 0 && batch.through == cur.Delivered {
-			if once {
+			if draining {
 				return nil
 			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-o.wake:
+			case <-drain:
 			case <-time.After(time.Second):
 			}
 			continue
@@ -310,6 +323,15 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, once bool) error {
 		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, o.cfg.Retry.Max)
+	}
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -223,17 +223,17 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // fastRetry keeps failure tests quick.
 var fastRetry = Retry{Initial: 2 * time.Millisecond, Max: 10 * time.Millisecond}
 
-// runOnce runs the dispatcher with once and fails the test if it takes
+// runOnce drains the dispatcher and fails the test if it takes
 // long or errs.
 func runOnce(t *testing.T, d *Dispatcher) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := d.Run(ctx, true); err != nil {
+	if err := d.Drain(ctx); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	if ctx.Err() != nil {
-		t.Fatal("Run(once) did not return before the deadline")
+		t.Fatal("Drain did not return before the deadline")
 	}
 }
 
@@ -908,7 +908,7 @@ func TestNotifyWakesRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, false) }()
+	go func() { done <- d.Run(ctx, nil) }()
 
 	wait := func(want []uint64) time.Duration {
 		t.Helper()
@@ -947,6 +947,43 @@ func TestNotifyWakesRun(t *testing.T) {
 	}
 }
 
+// Closing drain makes a running dispatcher deliver what was committed
+// before, even without a Notify, and then return.
+func TestRunDrain(t *testing.T) {
+	db := newDB(t)
+	appendLog(t, db, creates(1, 2)...)
+	r := &fakeReceiver{}
+	d := NewDispatcher(db, nil, quiet())
+	if err := d.Add(Config{Name: "r"}, r); err != nil {
+		t.Fatal(err)
+	}
+	drain := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- d.Run(context.Background(), drain) }()
+	for len(r.seqs()) < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // idle, waiting for a wake-up
+	appendLog(t, db, creates(3, 3)...)
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v before drain was closed", err)
+	default:
+	}
+	close(drain)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Run did not return after drain was closed")
+	}
+	if got := r.seqs(); !slices.Equal(got, seqRange(1, 5)) {
+		t.Errorf("delivered %v, want 1–5: the drain must take what was committed before it", got)
+	}
+}
+
 func TestNotifyWithoutRun(t *testing.T) {
 	d := NewDispatcher(newDB(t), nil, quiet())
 	if err := d.Add(Config{Name: "r"}, &fakeReceiver{}); err != nil {
@@ -972,7 +1009,7 @@ func TestCancelDuringRetry(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, true) }()
+	go func() { done <- d.Drain(ctx) }()
 	for len(r.callSeqs()) == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -1001,7 +1038,7 @@ func TestCorruptLogEvent(t *testing.T) {
 	if err := d.Add(Config{Name: "r", Batch: 2}, r); err != nil {
 		t.Fatal(err)
 	}
-	err := d.Run(context.Background(), true)
+	err := d.Drain(context.Background())
 	if !errors.Is(err, state.ErrCorrupt) || !strings.Contains(err.Error(), `receiver "r"`) || !strings.Contains(err.Error(), "log event 3") {
 		t.Fatalf("Run = %v, want ErrCorrupt naming the receiver and event 3", err)
 	}

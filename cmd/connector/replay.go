@@ -83,7 +83,7 @@ If the agent is running, the replay is handed to it; otherwise this command deli
 				return err
 			}
 			defer d.Close()
-			if err := d.Run(c.Context(), true); err != nil {
+			if err := d.Drain(c.Context()); err != nil {
 				return err
 			}
 			fmt.Fprintf(c.OutOrStdout(), "replayed sequences %d–%d to %s\n", res.From, res.Until, receiver)

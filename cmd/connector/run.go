@@ -122,12 +122,13 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 
 	// Receivers run on their own context: on shutdown the sources stop
 	// first, so everything they committed can still go out.
+	// They deliver while the sources capture, with --once too; when the
+	// sources are done, drain has them finish what was committed.
 	dctx, stopDispatch := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopDispatch()
+	drain := make(chan struct{})
 	dispatchDone := make(chan error, 1)
-	if !once {
-		go func() { dispatchDone <- d.Run(dctx, false) }()
-	}
+	go func() { dispatchDone <- d.Run(dctx, drain) }()
 	a.log.Info("agent started", "state", a.cfg.State, "sources", len(a.sources), "receivers", len(a.receivers), "once", once)
 
 	var wg sync.WaitGroup
@@ -142,25 +143,44 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 	wg.Wait()
 	srcErr := errors.Join(errs...)
 
-	var dispErr error
-	if once {
-		dispErr = d.Run(dctx, true)
-	} else {
-		// Give receivers a moment to send what was just committed.
-		drain, cancel := context.WithTimeout(dctx, 5*time.Second)
-		_ = d.Run(drain, true)
-		cancel()
-		stopDispatch()
-		if err := <-dispatchDone; err != nil && !ctxErr(err) {
-			dispErr = err
-		}
-	}
+	close(drain)
+	dispErr := finishDelivery(ctx, once, dispatchDone, stopDispatch)
 	if once {
 		a.summary(out)
 	}
 	a.log.Info("agent stopped")
 	return errors.Join(srcErr, dispErr)
 }
+
+// finishDelivery waits for the draining receivers: with --once until they
+// have everything, as a service (or once interrupted) for a few seconds,
+// after which they stop and the rest goes out at the next start.
+func finishDelivery(ctx context.Context, once bool, done <-chan error, stop func()) error {
+	if once {
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+		}
+	}
+	grace := time.NewTimer(drainGrace)
+	defer grace.Stop()
+	var err error
+	select {
+	case err = <-done:
+	case <-grace.C:
+		stop()
+		err = <-done
+	}
+	if ctxErr(err) {
+		return nil
+	}
+	return err
+}
+
+// drainGrace is how long a stopping agent gives its receivers to send
+// what was just committed.
+const drainGrace = 5 * time.Second
 
 // runSource runs one source: finish an interrupted snapshot, reconcile if
 // continuity broke, then stream. Failures are retried with backoff until
