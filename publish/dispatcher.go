@@ -105,6 +105,8 @@ type Dispatcher struct {
 	log    *slog.Logger
 	outs   []*output
 	cache  eventCache
+	// saveEvery is cursorSaveEvery (tests change it).
+	saveEvery time.Duration
 }
 
 // eventCache keeps recently decoded log events, so receivers that read the
@@ -145,11 +147,26 @@ type output struct {
 	recv Receiver
 	wake chan struct{}
 	err  error
+
+	// The receiver's cursor lives here while its loop runs, and is saved
+	// to the state at most every cursorSaveEvery, when the loop goes idle
+	// or stops, and at once on a dead letter or an error: a durable
+	// commit per delivered batch would queue behind the engine's. A crash
+	// only means the last second of confirmed events is sent again.
+	mu     sync.Mutex
+	cur    Cursor
+	loaded bool
+	gen    uint64 // bumped by MoveCursor: a batch read before is not advanced over
+	dirty  bool   // cur is ahead of the state
+	saved  time.Time
 }
+
+// cursorSaveEvery bounds how much confirmed delivery a crash forgets.
+const cursorSaveEvery = time.Second
 
 // NewDispatcher returns a dispatcher over db.
 func NewDispatcher(db *state.DB, redact Redactor, log *slog.Logger) *Dispatcher {
-	return &Dispatcher{db: db, redact: redact, log: log}
+	return &Dispatcher{db: db, redact: redact, log: log, saveEvery: cursorSaveEvery}
 }
 
 // Add registers a receiver. A receiver without a cursor gets one now, at
@@ -240,7 +257,15 @@ func (d *Dispatcher) Close() error {
 
 // loop is one receiver's goroutine: read a batch after the cursor,
 // deliver, advance the cursor by what was confirmed, repeat.
-func (d *Dispatcher) loop(ctx context.Context, o *output, drain <-chan struct{}) error {
+func (d *Dispatcher) loop(ctx context.Context, o *output, drain <-chan struct{}) (err error) {
+	if err := d.loadCursor(o); err != nil {
+		return err
+	}
+	defer func() {
+		if serr := d.saveCursor(o); serr != nil && err == nil {
+			err = serr
+		}
+	}()
 	backoff := o.cfg.Retry.Initial
 	for {
 		if err := ctx.Err(); err != nil {
@@ -249,11 +274,15 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, drain <-chan struct{})
 		// Seen before the read: everything committed before drain closed
 		// is in it.
 		draining := closed(drain)
-		cur, batch, err := d.read(o)
+		cur, gen := o.cursor()
+		batch, err := d.read(o, cur)
 		if err != nil {
 			return err
 		}
 		if len(batch.events) == 0 && batch.through == cur.Delivered {
+			if err := d.saveCursor(o); err != nil {
+				return err
+			}
 			if draining {
 				return nil
 			}
@@ -271,7 +300,7 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, drain <-chan struct{})
 			derr = d.deliver(ctx, o, batch.events)
 		}
 		if derr == nil {
-			if err := d.advance(o, batch.through, nil, ""); err != nil {
+			if err := d.advance(o, gen, batch.through, nil, ""); err != nil {
 				return err
 			}
 			backoff = o.cfg.Retry.Initial
@@ -305,7 +334,7 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, drain <-chan struct{})
 			if dead != nil {
 				through = dead.Sequence
 			}
-			if err := d.advance(o, through, dead, derr.Error()); err != nil {
+			if err := d.advance(o, gen, through, dead, derr.Error()); err != nil {
 				return err
 			}
 			if dead != nil {
@@ -351,15 +380,10 @@ type readBatch struct {
 	through uint64 // the last sequence looked at (delivered or filtered)
 }
 
-// read takes up to Batch events after the cursor, filtered and redacted.
-func (d *Dispatcher) read(o *output) (Cursor, readBatch, error) {
-	var cur Cursor
+// read takes up to Batch events after cur, filtered and redacted.
+func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 	var rb readBatch
 	err := d.db.View(func(tx *state.Tx) error {
-		var err error
-		if cur, _, err = LoadCursor(tx, o.cfg.Name); err != nil {
-			return err
-		}
 		rb.through = cur.Delivered
 		looked := 0
 		return tx.ScanFrom(state.Log, nil, state.U64(cur.Delivered+1), func(k, v []byte) error {
@@ -386,7 +410,7 @@ func (d *Dispatcher) read(o *output) (Cursor, readBatch, error) {
 			return nil
 		})
 	})
-	return cur, rb, err
+	return rb, err
 }
 
 // prepare applies the receiver's filter and redaction; ok is false when
@@ -456,35 +480,148 @@ func Redact(r Redactor, ceiling string, ev history.Event) (history.Event, bool) 
 	return ev, true
 }
 
-func (d *Dispatcher) advance(o *output, through uint64, dead *history.Event, reason string) error {
-	return d.db.Update(func(tx *state.Tx) error {
-		c, _, err := LoadCursor(tx, o.cfg.Name)
-		if err != nil {
-			return err
-		}
-		if through > c.Delivered {
-			c.Delivered = through
-		}
-		c.DeliveredAt = history.Ptr(time.Now())
-		c.LastError = ""
-		if dead != nil {
-			c.DeadLetters++
-			b, _ := json.Marshal(map[string]any{"eventId": dead.EventID, "reason": reason, "at": history.At(time.Now())})
-			if err := tx.Put(state.DeadLetters, append(state.Key(o.cfg.Name, ""), state.U64(dead.Sequence)...), b); err != nil {
-				return err
-			}
-		}
-		return SaveCursor(tx, o.cfg.Name, c)
+func (d *Dispatcher) advance(o *output, gen, through uint64, dead *history.Event, reason string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if gen != o.gen {
+		return nil // the cursor was moved meanwhile (a replay): it wins
+	}
+	c := &o.cur
+	if through > c.Delivered {
+		c.Delivered = through
+	}
+	c.DeliveredAt = history.Ptr(time.Now())
+	c.LastError = ""
+	o.dirty = true
+	if dead == nil && time.Since(o.saved) < d.saveEvery {
+		return nil
+	}
+	if dead == nil {
+		return d.persist(o, nil)
+	}
+	c.DeadLetters++
+	return d.persist(o, func(tx *state.Tx) error {
+		b, _ := json.Marshal(map[string]any{"eventId": dead.EventID, "reason": reason, "at": history.At(time.Now())})
+		return tx.Put(state.DeadLetters, append(state.Key(o.cfg.Name, ""), state.U64(dead.Sequence)...), b)
 	})
 }
 
 func (d *Dispatcher) setError(o *output, msg string) error {
-	return d.db.Update(func(tx *state.Tx) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.cur.LastError = msg
+	return d.persist(o, nil)
+}
+
+// persist writes the cursor, and with also what goes with it, in one
+// transaction; o.mu is held.
+func (d *Dispatcher) persist(o *output, also func(*state.Tx) error) error {
+	err := d.db.Update(func(tx *state.Tx) error {
+		if also != nil {
+			if err := also(tx); err != nil {
+				return err
+			}
+		}
+		return SaveCursor(tx, o.cfg.Name, o.cur)
+	})
+	if err == nil {
+		o.dirty, o.saved = false, time.Now()
+	}
+	return err
+}
+
+// cursor returns the receiver's position and its generation.
+func (o *output) cursor() (Cursor, uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.cur, o.gen
+}
+
+// loadCursor takes the receiver's cursor from the state when its loop
+// starts (the first time: later runs keep the one in memory, which is
+// never behind the state's).
+func (d *Dispatcher) loadCursor(o *output) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.loaded {
+		return nil
+	}
+	return d.db.View(func(tx *state.Tx) error {
 		c, _, err := LoadCursor(tx, o.cfg.Name)
-		if err != nil {
+		o.cur, o.loaded, o.saved = c, err == nil, time.Now()
+		return err
+	})
+}
+
+// saveCursor writes the cursor if it moved since it was last written.
+func (d *Dispatcher) saveCursor(o *output) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.dirty {
+		return nil
+	}
+	return d.persist(o, nil)
+}
+
+// Cursor returns a receiver's cursor as its running loop has it; ok is
+// false if there is no such receiver or its loop has not started.
+func (d *Dispatcher) Cursor(name string) (c Cursor, ok bool) {
+	for _, o := range d.outs {
+		if o.cfg.Name == name {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			return o.cur, o.loaded
+		}
+	}
+	return c, false
+}
+
+// MoveCursor changes a receiver's cursor with fn in one transaction (a
+// replay). A running loop of that receiver continues from the new
+// position, and does not advance over a batch it read before. For a
+// receiver this dispatcher does not have, only the state changes.
+func (d *Dispatcher) MoveCursor(name string, fn func(tx *state.Tx, c *Cursor) error) error {
+	var o *output
+	for _, x := range d.outs {
+		if x.cfg.Name == name {
+			o = x
+		}
+	}
+	if o == nil {
+		return d.db.Update(func(tx *state.Tx) error {
+			c, _, err := LoadCursor(tx, name)
+			if err != nil {
+				return err
+			}
+			if err := fn(tx, &c); err != nil {
+				return err
+			}
+			return SaveCursor(tx, name, c)
+		})
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c := o.cur
+	err := d.db.Update(func(tx *state.Tx) error {
+		if !o.loaded {
+			var err error
+			if c, _, err = LoadCursor(tx, name); err != nil {
+				return err
+			}
+		}
+		if err := fn(tx, &c); err != nil {
 			return err
 		}
-		c.LastError = msg
-		return SaveCursor(tx, o.cfg.Name, c)
+		return SaveCursor(tx, name, c)
 	})
+	if err != nil {
+		return err
+	}
+	o.cur, o.loaded, o.dirty, o.saved = c, true, false, time.Now()
+	o.gen++
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+	return nil
 }

@@ -984,6 +984,92 @@ func TestRunDrain(t *testing.T) {
 	}
 }
 
+// A busy loop saves its cursor at most every cursorSaveEvery; an idle or
+// stopping one saves it at once. Status reads the live one meanwhile.
+func TestCursorSaving(t *testing.T) {
+	db := newDB(t)
+	appendLog(t, db, creates(1, 6)...)
+	r := &fakeReceiver{}
+	d := NewDispatcher(db, nil, quiet())
+	d.saveEvery = time.Hour
+	if err := d.Add(Config{Name: "r", Batch: 2}, r); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, nil) }()
+	deadline := time.Now().Add(3 * time.Second)
+	for cursor(t, db, "r").Delivered != 6 {
+		if time.Now().After(deadline) {
+			t.Fatalf("idle loop left the saved cursor at %d, want 6", cursor(t, db, "r").Delivered)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := r.callSeqs(); len(got) != 3 {
+		t.Fatalf("deliveries %v, want 3 batches of 2", got)
+	}
+	if c, ok := d.Cursor("r"); !ok || c.Delivered != 6 {
+		t.Errorf("live cursor %+v, %v", c, ok)
+	}
+	// Busy: batches confirmed within a second of the last save stay in
+	// memory until the loop goes idle or stops.
+	var during []uint64
+	r.mu.Lock()
+	r.script = []step{{check: func([]history.Event) { during = append(during, cursor(t, db, "r").Delivered) }},
+		{check: func([]history.Event) { during = append(during, cursor(t, db, "r").Delivered) }}}
+	r.mu.Unlock()
+	appendLog(t, db, creates(7, 4)...)
+	d.Notify(10)
+	for len(r.seqs()) < 10 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(during, []uint64{6, 6}) {
+		t.Errorf("saved cursor during the busy stretch %v, want [6 6] (no commit per batch)", during)
+	}
+	if c := cursor(t, db, "r"); c.Delivered != 10 {
+		t.Errorf("saved cursor after stop = %d, want 10", c.Delivered)
+	}
+}
+
+// A replay while the loop delivers: the batch in flight does not move
+// the cursor past the replay's start, and everything is sent again.
+func TestMoveCursorWhileRunning(t *testing.T) {
+	db := newDB(t)
+	appendLog(t, db, creates(1, 4)...)
+	var d *Dispatcher
+	moved := make(chan error, 1)
+	r := &fakeReceiver{script: []step{{}, {check: func([]history.Event) {
+		moved <- d.MoveCursor("r", func(_ *state.Tx, c *Cursor) error {
+			c.Delivered, c.ReplayUntil = 0, 4
+			return nil
+		})
+	}}}}
+	d = NewDispatcher(db, nil, quiet())
+	if err := d.Add(Config{Name: "r", Batch: 2}, r); err != nil {
+		t.Fatal(err)
+	}
+	runOnce(t, d)
+	if err := <-moved; err != nil {
+		t.Fatal(err)
+	}
+	want := [][]uint64{{1, 2}, {3, 4}, {1, 2}, {3, 4}}
+	if got := r.callSeqs(); !slices.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("deliveries %v, want %v", got, want)
+	}
+	for _, ev := range r.confirmed[4:] {
+		if ev.Emission != history.EmissionReplay {
+			t.Errorf("event %d re-sent with emission %q, want replay", ev.Sequence, ev.Emission)
+		}
+	}
+	if c := cursor(t, db, "r"); c.Delivered != 4 {
+		t.Errorf("cursor %d, want 4", c.Delivered)
+	}
+}
+
 func TestNotifyWithoutRun(t *testing.T) {
 	d := NewDispatcher(newDB(t), nil, quiet())
 	if err := d.Add(Config{Name: "r"}, &fakeReceiver{}); err != nil {

@@ -30,6 +30,8 @@ type app struct {
 	receivers []*receiverEntry
 	db        *state.DB
 	engine    *history.Engine
+	// dispatcher is set while run delivers.
+	dispatcher *publish.Dispatcher
 }
 
 type sourceEntry struct {

@@ -74,15 +74,15 @@ If the agent is running, the replay is handed to it; otherwise this command deli
 				fmt.Fprintf(c.OutOrStdout(), "backfill: %d current objects sent to %s\n", n, receiver)
 				return err
 			}
-			res, err := a.moveCursor(receiver, from)
-			if err != nil {
-				return err
-			}
 			d, err := a.buildDispatcher(receiver)
 			if err != nil {
 				return err
 			}
 			defer d.Close()
+			res, err := a.moveCursor(d, receiver, from)
+			if err != nil {
+				return err
+			}
 			if err := d.Drain(c.Context()); err != nil {
 				return err
 			}
@@ -98,26 +98,23 @@ If the agent is running, the replay is handed to it; otherwise this command deli
 }
 
 // moveCursor points a receiver's cursor before from and marks everything
-// up to the end of the log as replay.
-func (a *app) moveCursor(receiver, from string) (ReplayResult, error) {
+// up to the end of the log as replay; d's loop for it, if running,
+// continues from there.
+func (a *app) moveCursor(d *publish.Dispatcher, receiver, from string) (ReplayResult, error) {
 	res := ReplayResult{Receiver: receiver}
 	if _, err := a.receiver(receiver); err != nil {
 		return res, err
 	}
-	err := a.db.Update(func(tx *state.Tx) error {
+	err := d.MoveCursor(receiver, func(tx *state.Tx, cur *publish.Cursor) error {
 		last := publish.LastSequence(tx)
 		seq, err := resolveFrom(tx, from, last)
-		if err != nil {
-			return err
-		}
-		cur, _, err := publish.LoadCursor(tx, receiver)
 		if err != nil {
 			return err
 		}
 		cur.Delivered = seq - 1
 		cur.ReplayUntil = last
 		res.From, res.Until = seq, last
-		return publish.SaveCursor(tx, receiver, cur)
+		return nil
 	})
 	return res, err
 }

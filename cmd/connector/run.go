@@ -101,6 +101,7 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 		return err
 	}
 	defer d.Close()
+	a.dispatcher = d
 	engine, err := history.New(a.db, a.maps, history.Options{Log: a.log, Committed: d.Notify})
 	if err != nil {
 		return err

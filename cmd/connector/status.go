@@ -134,6 +134,12 @@ func (a *app) report(db *state.DB) (*Report, error) {
 			if err != nil {
 				return err
 			}
+			if a.dispatcher != nil {
+				// The running loop's cursor: the state's may be a second behind.
+				if c, live := a.dispatcher.Cursor(r.Name); live {
+					cur, ok = c, true
+				}
+			}
 			rr := ReceiverReport{Name: r.Name, Type: r.Type}
 			if ok {
 				rr.Cursor, rr.DeadLetters, rr.DeliveredAt, rr.LastError = cur.Delivered, cur.DeadLetters, cur.DeliveredAt, cur.LastError
@@ -223,12 +229,11 @@ func (a *app) serveControl(ctx context.Context, d *publish.Dispatcher) (func(), 
 	})
 	mux.HandleFunc("POST /replay", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		res, err := a.moveCursor(q.Get("receiver"), q.Get("from"))
+		res, err := a.moveCursor(d, q.Get("receiver"), q.Get("from"))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		d.Notify(0)
 		_ = json.NewEncoder(w).Encode(res)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
