@@ -58,27 +58,56 @@ func TestChangedJSONMatchesMaps(t *testing.T) {
 }
 
 func TestImageRoundTrip(t *testing.T) {
-	img := &Image{Source: "hr", Record: "public.person", Version: 7, Deleted: false, Hash: "sha256:ab",
-		RegFra: At(time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)), VirkFra: At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)),
-		EventID: "e-1", Open: []uint64{5, 7},
-		Fields: map[string]any{"name": "Ærø", "salary": json.Number("12.50")},
-		Keys:   map[string]string{"cpr": "x"}, Row: map[string]any{"id": json.Number("1"), "blob": "big"}}
-	img.fieldsJSON, img.keysJSON, img.rowJSON = Canonical(img.Fields), keysJSON(img.Keys), Canonical(img.Row)
-	got, err := decodeImage(encodeImage(img), true)
-	if err != nil {
-		t.Fatal(err)
+	mk := func() *Image {
+		img := &Image{Source: "hr", Record: "public.person", Version: 7, Deleted: false, Hash: "sha256:ab",
+			RegFra: At(time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)), VirkFra: At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)),
+			EventID: "e-1", Open: []uint64{5, 7},
+			Fields: map[string]any{"name": "Ærø", "salary": json.Number("12.50")},
+			Keys:   map[string]string{"cpr": "x"}, Row: map[string]any{"id": json.Number("1"), "blob": "big"}}
+		img.fieldsJSON, img.keysJSON, img.rowJSON = Canonical(img.Fields), keysJSON(img.Keys), Canonical(img.Row)
+		return img
 	}
-	if !reflect.DeepEqual(got, img) {
-		t.Fatalf("round trip:\ngot  %#v\nwant %#v", got, img)
-	}
-	h, err := peekImage(encodeImage(img))
-	if err != nil || h.Source != "hr" || h.Record != "public.person" || h.Hash != "sha256:ab" || h.VirkFra != img.VirkFra.UnixMicro() || h.Deleted {
-		t.Fatalf("peek = %+v, %v", h, err)
-	}
-	for n := range len(encodeImage(img)) {
-		if _, err := decodeImage(encodeImage(img)[:n], true); err == nil {
-			t.Fatalf("a record cut at %d bytes decoded", n)
+	withHead := func(deleted bool, virkTil *Time, supersedes ...uint64) *Image {
+		img := mk()
+		img.Deleted = deleted
+		img.head = &Version{Version: img.Version, EventID: img.EventID, Sequence: 42, Operation: OpUpdate,
+			ChangeKind: KindKorrektion, RegFra: img.RegFra, VirkFra: img.VirkFra, VirkTil: virkTil, VirkKilde: "commit-time",
+			Deleted: deleted, Hash: img.Hash, Supersedes: supersedes}
+		if !deleted {
+			img.head.fieldsJSON = img.fieldsJSON
 		}
+		return img
+	}
+	cases := map[string]*Image{
+		"no head (written before heads)": mk(),
+		"head":                           withHead(false, nil),
+		"head, valid to, supersedes":     withHead(false, Ptr(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)), 5, 6),
+		"deleted head":                   withHead(true, nil, 6),
+	}
+	for name, img := range cases {
+		t.Run(name, func(t *testing.T) {
+			rec := encodeImage(img)
+			got, err := decodeImage(rec, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, img) {
+				t.Fatalf("round trip:\ngot  %#v\nwant %#v", got, img)
+			}
+			if got.head != nil && !reflect.DeepEqual(got.head, img.head) {
+				t.Fatalf("head:\ngot  %#v\nwant %#v", got.head, img.head)
+			}
+			h, err := peekImage(rec)
+			if err != nil || h.Source != "hr" || h.Record != "public.person" || h.Hash != "sha256:ab" ||
+				h.VirkFra != img.VirkFra.UnixMicro() || h.Deleted != img.Deleted {
+				t.Fatalf("peek = %+v, %v", h, err)
+			}
+			for n := range len(rec) {
+				if _, err := decodeImage(rec[:n], true); err == nil {
+					t.Fatalf("a record cut at %d bytes decoded", n)
+				}
+			}
+		})
 	}
 }
 

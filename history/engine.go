@@ -81,6 +81,9 @@ type Image struct {
 	// The canonical JSON of Fields, Keys and Row: what is stored, and all
 	// the engine reads on its hot path (see codec.go).
 	fieldsJSON, keysJSON, rowJSON []byte
+	// head is the newest version, kept in the image record (see
+	// image.go); nil where it is in the versions bucket.
+	head *Version
 }
 
 // SourceState is what the engine keeps per source.
@@ -439,9 +442,12 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 	var open []*Version
 	if img != nil {
 		for _, n := range img.Open {
-			ov, err := loadVersion(tx, typ, id, n)
-			if err != nil {
-				return err
+			ov := img.head
+			if ov == nil || ov.Version != n {
+				var err error
+				if ov, err = loadVersion(tx, typ, id, n); err != nil {
+					return err
+				}
 			}
 			open = append(open, ov)
 		}
@@ -460,15 +466,20 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 		if kind != KindAendring {
 			supersedes = append(supersedes, Superseded{EventID: h.EventID, RegistreringFra: h.RegFra, VirkningFra: h.VirkFra, VirkningTil: h.VirkTil})
 		}
-		if err := putVersion(tx, typ, id, h); err != nil {
+		if h != img.head {
+			if err := putVersion(tx, typ, id, h); err != nil {
+				return err
+			}
+		}
+	}
+	if img != nil && img.head != nil {
+		// No longer the newest: to the versions bucket, closed or not.
+		if err := putVersion(tx, typ, id, img.head); err != nil {
 			return err
 		}
 	}
-	if err := putVersion(tx, typ, id, v); err != nil {
-		return err
-	}
 	ni := &Image{Source: bc.src.Name, Record: c.rec, Version: v.Version, Deleted: r.deleted, Hash: r.hash,
-		RegFra: v.RegFra, VirkFra: v.VirkFra, EventID: v.EventID}
+		RegFra: v.RegFra, VirkFra: v.VirkFra, EventID: v.EventID, head: v}
 	if img != nil {
 		ni.Open = slices.DeleteFunc(slices.Clone(img.Open), func(n uint64) bool { return closed[n] })
 		ni.keysJSON, ni.fieldsJSON, ni.rowJSON = img.keysJSON, img.fieldsJSON, img.rowJSON

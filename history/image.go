@@ -15,9 +15,17 @@ import (
 // truncate): whose the object is, whether it is deleted, its content hash
 // and valid time.
 //
-//	'I' | flags (bit 0: deleted) | source | record | hash | 8 bytes virkningFra (µs)
-//	    | version | 8 bytes registreringFra | eventId | open versions
-//	    | keys JSON | fields JSON | row JSON
+//	'I' | flags (bit 0: deleted, bit 1: head) | source | record | hash
+//	    | 8 bytes virkningFra (µs) | version | 8 bytes registreringFra | eventId
+//	    | open versions | keys JSON | fields JSON | row JSON
+//	    [ head: sequence | operation | changeKind | 8 bytes virkningTil
+//	    | virkningKilde | supersedes ]
+//
+// The newest version lives in its image (the head), not in the versions
+// bucket: what it has beyond the image is a few small fields, and a
+// change then writes one record for the object instead of two. It moves
+// to the versions bucket when the next version registers. Images without
+// the head bit (written before) have every version in the bucket.
 //
 // Strings and JSON are uvarint-length-prefixed; the JSON is canonical
 // (AppendValue), so equal content is equal bytes. Images written before
@@ -29,13 +37,17 @@ type imageHead struct {
 	Record  string
 	Hash    string
 	VirkFra int64
-	rest    []byte // the record after the head
+	rest    []byte // the record after these fields
 	legacy  bool   // rest is the JSON of the whole image
+	head    bool   // the newest version is in the record
 }
 
 const (
 	imageMagic       = 'I'
 	legacyImageMagic = 'i'
+
+	flagDeleted = 1 << 0
+	flagHead    = 1 << 1
 )
 
 var errImageFormat = errors.New("not an image record")
@@ -47,7 +59,10 @@ func encodeImage(img *Image) []byte {
 		len(img.keysJSON)+len(img.fieldsJSON)+len(img.rowJSON))
 	b = append(b, imageMagic, 0)
 	if img.Deleted {
-		b[1] = 1
+		b[1] |= flagDeleted
+	}
+	if img.head != nil {
+		b[1] |= flagHead
 	}
 	b = appendStr(b, img.Source)
 	b = appendStr(b, img.Record)
@@ -62,7 +77,19 @@ func encodeImage(img *Image) []byte {
 	}
 	b = appendBytes(b, img.keysJSON)
 	b = appendBytes(b, img.fieldsJSON)
-	return appendBytes(b, img.rowJSON)
+	b = appendBytes(b, img.rowJSON)
+	if h := img.head; h != nil {
+		b = binary.AppendUvarint(b, h.Sequence)
+		b = appendStr(b, h.Operation)
+		b = appendStr(b, h.ChangeKind)
+		b = appendMicros(b, h.VirkTil)
+		b = appendStr(b, h.VirkKilde)
+		b = binary.AppendUvarint(b, uint64(len(h.Supersedes)))
+		for _, n := range h.Supersedes {
+			b = binary.AppendUvarint(b, n)
+		}
+	}
+	return b
 }
 
 func peekImage(v []byte) (imageHead, error) {
@@ -71,7 +98,8 @@ func peekImage(v []byte) (imageHead, error) {
 		return h, errImageFormat
 	}
 	h.legacy = v[0] == legacyImageMagic
-	h.Deleted = v[1]&1 != 0
+	h.Deleted = v[1]&flagDeleted != 0
+	h.head = !h.legacy && v[1]&flagHead != 0
 	r := reader{p: v[2:]}
 	h.Source, h.Record, h.Hash = r.str(), r.str(), r.str()
 	if len(r.p) < 8 {
@@ -121,6 +149,26 @@ func decodeImage(v []byte, values bool) (*Image, error) {
 	img.keysJSON = clone(r.bytes())
 	img.fieldsJSON = clone(r.bytes())
 	img.rowJSON = clone(r.bytes())
+	if h.head {
+		img.head = &Version{Version: img.Version, EventID: img.EventID, RegFra: img.RegFra, VirkFra: img.VirkFra,
+			Deleted: img.Deleted, Hash: img.Hash}
+		hv := img.head
+		hv.Sequence = r.uvarint()
+		hv.Operation, hv.ChangeKind = r.str(), r.str()
+		hv.VirkTil = r.micros()
+		hv.VirkKilde = r.str()
+		if n := r.uvarint(); n > 0 && n <= uint64(len(r.p)) {
+			hv.Supersedes = make([]uint64, n)
+			for i := range hv.Supersedes {
+				hv.Supersedes[i] = r.uvarint()
+			}
+		} else if n > 0 {
+			r.fail()
+		}
+		if !hv.Deleted {
+			hv.fieldsJSON = img.fieldsJSON
+		}
+	}
 	if r.err != nil {
 		return nil, r.err
 	}

@@ -107,7 +107,8 @@ func loadVersion(tx *state.Tx, typ, id string, n uint64) (*Version, error) {
 	return v, nil
 }
 
-// Versions returns an object's versions in order, with their fields.
+// Versions returns an object's versions in order, with their fields: the
+// versions bucket's, then the head its image holds.
 func Versions(tx *state.Tx, typ, id string) ([]*Version, error) {
 	var out []*Version
 	err := tx.Scan(state.Versions, state.Key(typ, id, ""), func(_, b []byte) error {
@@ -118,5 +119,19 @@ func Versions(tx *state.Tx, typ, id string) ([]*Version, error) {
 		out = append(out, v)
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	img, err := loadImage(tx, typ, id)
+	if err != nil || img == nil || img.head == nil {
+		return out, err
+	}
+	h := img.head
+	if len(out) > 0 && out[len(out)-1].Version >= h.Version {
+		return nil, fmt.Errorf("%w: versions of %s/%s: version %d is both in the image and after it", state.ErrCorrupt, typ, id, h.Version)
+	}
+	if h.Fields, err = decodeObject(h.fieldsJSON); err != nil {
+		return nil, fmt.Errorf("%w: versions of %s/%s: fields: %v", state.ErrCorrupt, typ, id, err)
+	}
+	return append(out, h), nil
 }
