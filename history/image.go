@@ -55,8 +55,12 @@ var errImageFormat = errors.New("not an image record")
 // encodeImage needs img's JSON parts in fieldsJSON, keysJSON and rowJSON
 // (see setFields); the maps are not read.
 func encodeImage(img *Image) []byte {
-	b := make([]byte, 0, 64+len(img.Source)+len(img.Record)+len(img.Hash)+len(img.EventID)+
-		len(img.keysJSON)+len(img.fieldsJSON)+len(img.rowJSON))
+	size := 64 + len(img.Source) + len(img.Record) + len(img.Hash) + len(img.EventID) +
+		len(img.keysJSON) + len(img.fieldsJSON) + len(img.rowJSON) + 10*len(img.Open)
+	if h := img.head; h != nil {
+		size += 32 + len(h.Operation) + len(h.ChangeKind) + len(h.VirkKilde) + 10*len(h.Supersedes)
+	}
+	b := make([]byte, 0, size)
 	b = append(b, imageMagic, 0)
 	if img.Deleted {
 		b[1] |= flagDeleted

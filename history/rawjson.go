@@ -37,19 +37,22 @@ func decodeKeys(b []byte, m *map[string]string) error {
 // equal bytes, so values are compared as bytes. Against no image, the
 // fields that are not null count as changed.
 func changedJSON(before, after []byte) ([]string, error) {
-	a, err := members(before)
+	// Images rarely have more than a few dozen fields: the member lists
+	// stay on the stack.
+	var abuf, bbuf [32]member
+	a, err := members(abuf[:0], before)
 	if err != nil {
 		return nil, fmt.Errorf("before: %w", err)
 	}
-	b, err := members(after)
+	b, err := members(bbuf[:0], after)
 	if err != nil {
 		return nil, fmt.Errorf("after: %w", err)
 	}
-	out := []string{}
+	out := make([]string, 0, max(len(a), len(b)))
 	if a == nil || b == nil {
 		for _, m := range append(a, b...) {
 			if string(m.value) != "null" {
-				out = append(out, m.name)
+				out = append(out, string(m.name))
 			}
 		}
 		return out, nil
@@ -59,15 +62,15 @@ func changedJSON(before, after []byte) ([]string, error) {
 	i, j := 0, 0
 	for i < len(a) || j < len(b) {
 		switch {
-		case j == len(b) || (i < len(a) && a[i].name < b[j].name):
-			out = append(out, a[i].name)
+		case j == len(b) || (i < len(a) && bytes.Compare(a[i].name, b[j].name) < 0):
+			out = append(out, string(a[i].name))
 			i++
-		case i == len(a) || b[j].name < a[i].name:
-			out = append(out, b[j].name)
+		case i == len(a) || bytes.Compare(b[j].name, a[i].name) < 0:
+			out = append(out, string(b[j].name))
 			j++
 		default:
 			if !bytes.Equal(a[i].value, b[j].value) {
-				out = append(out, a[i].name)
+				out = append(out, string(a[i].name))
 			}
 			i, j = i+1, j+1
 		}
@@ -75,23 +78,24 @@ func changedJSON(before, after []byte) ([]string, error) {
 	return out, nil
 }
 
+// member is one member of a JSON object: its unescaped name and its
+// value's bytes.
 type member struct {
-	name  string
-	value []byte
+	name, value []byte
 }
 
 var errNotObject = errors.New("not a JSON object")
 
-// members splits a canonical JSON object into its members; nil for null
-// or empty input. It trusts the input to be JSON the engine wrote.
-func members(b []byte) ([]member, error) {
+// members appends the members of a canonical JSON object (nil for none)
+// to dst.
+func members(dst []member, b []byte) ([]member, error) {
 	if len(b) == 0 || string(b) == "null" {
 		return nil, nil
 	}
 	if b[0] != '{' {
 		return nil, errNotObject
 	}
-	out := []member{}
+	out := dst[:0]
 	p := 1
 	for p < len(b) && b[p] != '}' {
 		if b[p] == ',' {
@@ -101,11 +105,13 @@ func members(b []byte) ([]member, error) {
 		if err != nil {
 			return nil, err
 		}
-		name := string(b[p+1 : end-1])
-		if bytes.IndexByte(b[p:end], '\\') >= 0 {
-			if err := json.Unmarshal(b[p:end], &name); err != nil {
+		name := b[p+1 : end-1]
+		if bytes.IndexByte(name, '\\') >= 0 {
+			var s string
+			if err := json.Unmarshal(b[p:end], &s); err != nil {
 				return nil, err
 			}
+			name = []byte(s)
 		}
 		if end >= len(b) || b[end] != ':' {
 			return nil, errNotObject
