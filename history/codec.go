@@ -71,6 +71,32 @@ func (r *reader) bytes() []byte {
 
 func (r *reader) str() string { return string(r.bytes()) }
 
+// appendUvarints writes a count, then the numbers.
+func appendUvarints(b []byte, ns []uint64) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ns)))
+	for _, n := range ns {
+		b = binary.AppendUvarint(b, n)
+	}
+	return b
+}
+
+// uvarints reads what appendUvarints wrote; none is nil.
+func (r *reader) uvarints() []uint64 {
+	n := r.uvarint()
+	if n == 0 {
+		return nil
+	}
+	if n > uint64(len(r.p)) { // each number takes a byte at least
+		r.fail()
+		return nil
+	}
+	ns := make([]uint64, n)
+	for i := range ns {
+		ns[i] = r.uvarint()
+	}
+	return ns
+}
+
 func (r *reader) micros() *Time {
 	if len(r.p) < 8 {
 		r.fail()

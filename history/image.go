@@ -75,10 +75,7 @@ func encodeImage(img *Image) []byte {
 	b = binary.AppendUvarint(b, img.Version)
 	b = binary.BigEndian.AppendUint64(b, uint64(img.RegFra.UnixMicro()))
 	b = appendStr(b, img.EventID)
-	b = binary.AppendUvarint(b, uint64(len(img.Open)))
-	for _, n := range img.Open {
-		b = binary.AppendUvarint(b, n)
-	}
+	b = appendUvarints(b, img.Open)
 	b = appendBytes(b, img.keysJSON)
 	b = appendBytes(b, img.fieldsJSON)
 	b = appendBytes(b, img.rowJSON)
@@ -88,10 +85,7 @@ func encodeImage(img *Image) []byte {
 		b = appendStr(b, h.ChangeKind)
 		b = appendMicros(b, h.VirkTil)
 		b = appendStr(b, h.VirkKilde)
-		b = binary.AppendUvarint(b, uint64(len(h.Supersedes)))
-		for _, n := range h.Supersedes {
-			b = binary.AppendUvarint(b, n)
-		}
+		b = appendUvarints(b, h.Supersedes)
 	}
 	return b
 }
@@ -141,13 +135,8 @@ func decodeImage(v []byte, values bool) (*Image, error) {
 		img.RegFra = *t
 	}
 	img.EventID = r.str()
-	if n := r.uvarint(); n <= uint64(len(r.p)) {
-		img.Open = make([]uint64, n)
-		for i := range img.Open {
-			img.Open[i] = r.uvarint()
-		}
-	} else {
-		r.fail()
+	if img.Open = r.uvarints(); img.Open == nil {
+		img.Open = []uint64{} // as the JSON form had it
 	}
 	// Copies: the record lives only as long as the transaction.
 	img.keysJSON = clone(r.bytes())
@@ -161,14 +150,7 @@ func decodeImage(v []byte, values bool) (*Image, error) {
 		hv.Operation, hv.ChangeKind = r.str(), r.str()
 		hv.VirkTil = r.micros()
 		hv.VirkKilde = r.str()
-		if n := r.uvarint(); n > 0 && n <= uint64(len(r.p)) {
-			hv.Supersedes = make([]uint64, n)
-			for i := range hv.Supersedes {
-				hv.Supersedes[i] = r.uvarint()
-			}
-		} else if n > 0 {
-			r.fail()
-		}
+		hv.Supersedes = r.uvarints()
 		if !hv.Deleted {
 			hv.fieldsJSON = img.fieldsJSON
 		}

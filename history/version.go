@@ -33,10 +33,7 @@ func encodeVersion(v *Version) []byte {
 	b = appendMicros(b, v.VirkTil)
 	b = appendStr(b, v.VirkKilde)
 	b = appendStr(b, v.Hash)
-	b = binary.AppendUvarint(b, uint64(len(v.Supersedes)))
-	for _, n := range v.Supersedes {
-		b = binary.AppendUvarint(b, n)
-	}
+	b = appendUvarints(b, v.Supersedes)
 	return appendBytes(b, v.fieldsJSON)
 }
 
@@ -67,12 +64,7 @@ func decodeVersion(b []byte, values bool) (*Version, error) {
 	}
 	v.VirkTil = r.micros()
 	v.VirkKilde, v.Hash = r.str(), r.str()
-	if n := r.uvarint(); n > 0 && n <= uint64(len(r.p)) {
-		v.Supersedes = make([]uint64, n)
-		for i := range v.Supersedes {
-			v.Supersedes[i] = r.uvarint()
-		}
-	}
+	v.Supersedes = r.uvarints()
 	v.fieldsJSON = clone(r.bytes())
 	if r.err != nil {
 		return nil, r.err
