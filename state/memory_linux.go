@@ -18,39 +18,66 @@ import (
 // the next read faults them in again from the page cache. It runs inside
 // a read transaction, during which bbolt cannot remap the file, so the
 // address range stays valid.
-func (db *DB) ReleaseMemory() error {
+func (db *DB) ReleaseMemory() error { return db.release(0, 1) }
+
+// release drops the mapped pages of slice part of parts of the file.
+func (db *DB) release(part, parts int64) error {
 	return db.bolt.View(func(tx *bolt.Tx) error {
-		data, size := db.bolt.Info().Data, uintptr(tx.Size())
+		data, size := db.bolt.Info().Data, tx.Size()
 		if data == 0 || size == 0 {
 			return nil
 		}
-		if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, data, size, syscall.MADV_DONTNEED); errno != 0 {
+		page := int64(os.Getpagesize())
+		from := size * part / parts / page * page
+		to := min(size, size*(part+1)/parts/page*page)
+		if part == parts-1 {
+			to = size
+		}
+		if to <= from {
+			return nil
+		}
+		if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, data+uintptr(from), uintptr(to-from), syscall.MADV_DONTNEED); errno != 0 {
 			return errno
 		}
 		return nil
 	})
 }
 
-// TrimMemory releases the mapped pages (ReleaseMemory) once the process's
-// file-backed resident memory has grown by more than limit bytes since the
-// last release, and reports whether it did. The check is one read of
-// /proc/self/statm, cheap enough to make often, so RSS stays near limit
-// however fast the work touches pages of a large file.
+// trimParts is how many slices of the file one TrimMemory cycle releases,
+// a slice per call. Releasing the whole file at once made the next
+// transactions fault every page they use back in together: a stall of
+// about 100 ms on a 250 MB state, the p99 of commit-to-receiver latency.
+const trimParts = 8
+
+// TrimMemory keeps the state file's mapped pages near limit bytes of the
+// process's resident memory. Once the file-backed resident memory has
+// grown by more than limit since the last cycle, it starts one: each call
+// then releases the next slice of the file until all are released. It
+// reports whether it released anything. A check is one read of
+// /proc/self/statm, cheap enough to make every few tens of milliseconds.
 func (db *DB) TrimMemory(limit int64) (bool, error) {
-	cur, err := fileResident()
-	if err != nil {
+	part := db.trimPart.Load()
+	if part == 0 {
+		cur, err := fileResident()
+		if err != nil {
+			return false, err
+		}
+		if cur-db.trimFloor.Load() <= limit {
+			return false, nil
+		}
+	}
+	if err := db.release(part, trimParts); err != nil {
 		return false, err
 	}
-	if cur-db.trimFloor.Load() <= limit {
-		return false, nil
-	}
-	if err := db.ReleaseMemory(); err != nil {
-		return false, err
-	}
-	if cur, err = fileResident(); err == nil {
+	db.trimPart.Store((part + 1) % trimParts)
+	if part == trimParts-1 {
+		cur, err := fileResident()
+		if err != nil {
+			return true, err
+		}
 		db.trimFloor.Store(cur)
 	}
-	return true, err
+	return true, nil
 }
 
 // fileResident is the process's resident file-backed (and shared) memory:
