@@ -69,4 +69,23 @@ func TestTrimMemory(t *testing.T) {
 		t.Fatalf("file-backed resident memory %d MB before, %d MB after the release", before>>20, after>>20)
 	}
 	read() // still readable
+
+	// A growth between the limit and twice it is released a slice per
+	// call, so that the pages in use fault back in a slice at a time.
+	read()
+	before, _ = fileResident()
+	if released, err := db.TrimMemory(40 << 20); err != nil || !released || db.trimPart.Load() != 1 {
+		t.Fatalf("64 MB read, TrimMemory(40 MB) = %v, %v, next slice %d: want the first of %d slices released",
+			released, err, db.trimPart.Load(), trimParts)
+	}
+	for i := 1; i < trimParts; i++ {
+		if released, err := db.TrimMemory(40 << 20); err != nil || !released {
+			t.Fatalf("slice %d: %v, %v", i, released, err)
+		}
+	}
+	after, _ = fileResident()
+	if db.trimPart.Load() != 0 || before-after < 32<<20 {
+		t.Fatalf("after a sliced cycle: next slice %d, resident %d MB before, %d MB after", db.trimPart.Load(), before>>20, after>>20)
+	}
+	read()
 }
