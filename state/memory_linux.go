@@ -87,6 +87,7 @@ func (db *DB) TrimMemory(limit int64) (bool, error) {
 	db.trimFloor.Store(cur)
 	return true, nil
 }
+
 // fileResident is the process's resident file-backed (and shared) memory:
 // the third field of /proc/self/statm, in bytes.
 func fileResident() (int64, error) {
