@@ -54,7 +54,7 @@ const trimParts = 8
 // process's resident memory. Once the file-backed resident memory has
 // grown by more than limit since the last cycle, it starts one: each call
 // then releases the next slice of the file until all are released, or,
-// when the work touches pages faster than that (over twice the limit),
+// when the work touches pages faster than that (over 1.5 times the limit),
 // the rest at once. It reports whether it released anything. A check is
 // one read of /proc/self/statm, cheap enough to make every few tens of
 // milliseconds.
@@ -68,7 +68,7 @@ func (db *DB) TrimMemory(limit int64) (bool, error) {
 		return false, nil
 	}
 	to := part + 1
-	if over > 2*limit {
+	if over > limit+limit/2 {
 		to = trimParts
 	}
 	for ; part < to; part++ {
