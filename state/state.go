@@ -84,8 +84,7 @@ type DB struct {
 	bolt         *bolt.DB
 	path         string
 	installation string
-	trimFloor    atomic.Int64 // file-backed resident bytes after the last TrimMemory cycle
-	trimPart     atomic.Int64 // the next slice a TrimMemory cycle releases; 0 between cycles
+	trimFloor    atomic.Int64 // file-backed resident bytes after the last TrimMemory release
 }
 
 // Open opens (or, unless read-only, creates) the state file at path.

@@ -217,9 +217,8 @@ func (a *app) openState(readOnly bool) error {
 
 // trimMemory keeps the state file's mapped pages from piling up in RSS
 // until ctx ends: every 50 ms it checks how much file-backed memory the
-// process holds, and hands the pages back (a slice of the file per check,
-// see state.TrimMemory) once that grew by more than trimLimit, so RSS
-// follows the work in hand rather than the file's size.
+// process holds, and hands the pages back once that grew by more than
+// trimLimit, so RSS follows the work in hand rather than the file's size.
 // (A fixed period is either too slow for random reads over a large file
 // or, releasing pages still in use, costs time: on a 100k-object first
 // load every 50 ms doubled it.)
