@@ -28,9 +28,14 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// FormatVersion is the layout version this code writes. Bump it with a
-// migration when a bucket's encoding changes.
-const FormatVersion = 1
+// FormatVersion is the layout version this code writes. Bump it when a
+// bucket's encoding changes, with a migration unless this code still reads
+// the older records (then opening for writing just raises the number, so
+// that older connectors refuse the file instead of misreading it).
+//
+//	1: the first layout.
+//	2: an image record may hold its object's newest version (history).
+const FormatVersion = 2
 
 // Bucket names a top-level bucket.
 type Bucket string
@@ -188,6 +193,7 @@ func checkLength(path string) error {
 }
 
 func (db *DB) init(readOnly bool) error {
+	var format int
 	check := func(tx *bolt.Tx) error {
 		m := tx.Bucket([]byte(Meta))
 		if m == nil {
@@ -200,6 +206,7 @@ func (db *DB) init(readOnly bool) error {
 		if f > FormatVersion {
 			return fmt.Errorf("%w: %s has format %d, this connector reads up to %d (upgrade connector, or restore the state that matches this version)", ErrNewerFormat, db.path, f, FormatVersion)
 		}
+		format = f
 		db.installation = string(m.Get([]byte(metaInstallation)))
 		if _, err := uuid.Parse(db.installation); err != nil {
 			return fmt.Errorf("%w: %s: bad installation id (restore it from a backup or move it away)", ErrCorrupt, db.path)
@@ -215,6 +222,11 @@ func (db *DB) init(readOnly bool) error {
 	}
 	return db.bolt.Update(func(tx *bolt.Tx) error {
 		err := check(tx)
+		if err == nil && format < FormatVersion {
+			// Older records are still read; what is written from now on
+			// may not be by the connector that wrote them.
+			return tx.Bucket([]byte(Meta)).Put([]byte(metaFormat), []byte(strconv.Itoa(FormatVersion)))
+		}
 		if !errors.Is(err, errFormatAbsent) {
 			return err
 		}

@@ -711,3 +711,44 @@ func TestReleaseMemory(t *testing.T) {
 		}
 	}
 }
+
+// A file of an older format that this code still reads is raised to the
+// current format when opened for writing (so older connectors refuse it
+// afterwards), and left as it is when opened read-only.
+func TestOlderFormatRaised(t *testing.T) {
+	path, _ := newFile(t, 3)
+	boltEdit(t, path, func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte(Meta)).Put([]byte(metaFormat), []byte("1"))
+	})
+	format := func() string {
+		t.Helper()
+		var f string
+		b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		_ = b.View(func(tx *bolt.Tx) error { f = string(tx.Bucket([]byte(Meta)).Get([]byte(metaFormat))); return nil })
+		return f
+	}
+	db, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if f := format(); f != "1" {
+		t.Fatalf("read-only open changed the format to %s", f)
+	}
+	if db, err = Open(path, Options{NoSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	_ = db.View(func(tx *Tx) error { n = tx.Count(Log); return nil })
+	db.Close()
+	if n != 3 {
+		t.Errorf("%d log entries after the upgrade, want 3", n)
+	}
+	if f := format(); f != fmt.Sprint(FormatVersion) {
+		t.Fatalf("format after a writable open = %s, want %d", f, FormatVersion)
+	}
+}
