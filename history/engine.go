@@ -282,6 +282,7 @@ type change struct {
 	rec       string
 	obj       mapping.Object
 	row       map[string]any
+	enc       *encoded // obj's and row's JSON, if prepared
 	changedAt time.Time
 	position  string
 	changeKey string
@@ -307,9 +308,10 @@ func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
 	if err != nil {
 		return err
 	}
-	fieldsJSON := appendCanonical(make([]byte, 0, 256), c.obj.Fields)
-	hash := hashJSON(fieldsJSON)
-	keys := keysJSON(c.obj.Keys)
+	if c.enc == nil {
+		c.enc = encode(c.obj, c.row, bc.src.KeepRows)
+	}
+	fieldsJSON, hash, keys := c.enc.fieldsJSON, c.enc.hash, c.enc.keysJSON
 	virkFra, kilde := c.obj.ValidFrom, c.obj.ValidSource
 	if virkFra.IsZero() {
 		virkFra, kilde = changeTime(img, c.changedAt, bc.src.ChangeTime)
@@ -331,7 +333,7 @@ func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
 			if bc.src.KeepRows && c.row != nil {
 				// No event, but the stored row follows the source (columns
 				// the mapping does not use, needed to fill in TOAST).
-				if row := appendCanonical(nil, c.row); !bytes.Equal(row, img.rowJSON) {
+				if row := c.enc.rowJSON; !bytes.Equal(row, img.rowJSON) {
 					img.rowJSON = row
 					return putImage(bc.tx, c.obj.Type, c.obj.ID, img)
 				}
@@ -488,7 +490,11 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 	if !r.deleted {
 		ni.fieldsJSON, ni.keysJSON = r.fieldsJSON, r.keysJSON
 		if bc.src.KeepRows && c.row != nil {
-			ni.rowJSON = appendCanonical(make([]byte, 0, len(r.fieldsJSON)+64), c.row)
+			if c.enc != nil {
+				ni.rowJSON = c.enc.rowJSON
+			} else {
+				ni.rowJSON = appendCanonical(make([]byte, 0, len(r.fieldsJSON)+64), c.row)
+			}
 		}
 	} else {
 		ni.rowJSON = nil
@@ -654,6 +660,8 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 	var last uint64
 	var n int
 	var counts map[string]map[string]int
+	preps, stopPrep := e.prepare(&s.src, b.Changes)
+	defer stopPrep()
 	err := e.db.Update(func(tx *state.Tx) error {
 		bc, err := e.begin(tx, &s.src, b.TransactionID)
 		if err != nil {
@@ -667,7 +675,11 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 			if t := b.Changes[i].TransactionID; t != "" {
 				bc.txid = t
 			}
-			if err := e.applyChange(bc, &b.Changes[i]); err != nil {
+			var p *prepared
+			if preps != nil {
+				p = &preps[i]
+			}
+			if err := e.applyChange(bc, &b.Changes[i], p); err != nil {
 				return err
 			}
 		}
@@ -772,22 +784,33 @@ func (s *Sink) breakEpoch(ss *SourceState, reason string) {
 	s.e.opt.Log.Warn("source continuity broke: new epoch, a reconcile follows", "source", s.src.Name, "epoch", ss.Epoch, "reason", reason)
 }
 
-// applyChange maps one log change and registers its effect.
-func (e *Engine) applyChange(bc *batchCtx, ch *capture.Change) error {
+// applyChange maps one log change and registers its effect; p, if not
+// nil, is the change's preparation (see prepare).
+func (e *Engine) applyChange(bc *batchCtx, ch *capture.Change, p *prepared) error {
 	if ch.Op == capture.OpTruncate {
 		return e.truncate(bc, ch)
 	}
-	for _, m := range e.maps.ForRecord(bc.src.Name, ch.Record) {
-		if err := e.applyMapped(bc, m, ch); err != nil {
+	ms := e.maps.ForRecord(bc.src.Name, ch.Record)
+	if len(ms) == 1 {
+		return e.applyMapped(bc, ms[0], ch, p.take())
+	}
+	for _, m := range ms {
+		if err := e.applyMapped(bc, m, ch, nil); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (e *Engine) applyMapped(bc *batchCtx, m *mapping.Mapping, ch *capture.Change) error {
+func (e *Engine) applyMapped(bc *batchCtx, m *mapping.Mapping, ch *capture.Change, p *prepared) error {
 	row := ch.Values
-	id, err := m.ObjectID(row)
+	var id string
+	var err error
+	if p != nil {
+		id, err = p.id, p.idErr
+	} else {
+		id, err = m.ObjectID(row)
+	}
 	if err != nil {
 		return e.quarantine(bc, *ch, err)
 	}
@@ -829,7 +852,13 @@ func (e *Engine) applyMapped(bc *batchCtx, m *mapping.Mapping, ch *capture.Chang
 			}
 		}
 	}
-	obj, ok, err := m.Map(row)
+	var obj mapping.Object
+	var ok bool
+	if p != nil && p.mapped {
+		obj, ok, err, c.enc = p.obj, p.ok, p.mapErr, p.enc
+	} else {
+		obj, ok, err = m.Map(row)
+	}
 	if err != nil {
 		return e.quarantine(bc, *ch, err)
 	}
