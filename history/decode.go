@@ -14,8 +14,16 @@ import (
 // times faster than encoding/json's reflection; JSON it does not expect
 // (and its errors) goes through encoding/json, so the result is always
 // what encoding/json with UseNumber would give.
-func DecodeEvent(b []byte, e *Event) error {
-	d := decoder{b: b}
+func DecodeEvent(b []byte, e *Event) error { return decodeEvent(b, e, false) }
+
+// DecodeEventHead decodes an event but for its images, which it keeps as
+// the JSON they are in b until Images decodes them: for a receiver that
+// sends the logged JSON and never reads Before and After, decoding them is
+// most of the work.
+func DecodeEventHead(b []byte, e *Event) error { return decodeEvent(b, e, true) }
+
+func decodeEvent(b []byte, e *Event, lazy bool) error {
+	d := decoder{b: b, lazy: lazy}
 	d.event(e)
 	d.ws()
 	if d.err == nil && d.p == len(b) {
@@ -28,9 +36,10 @@ func DecodeEvent(b []byte, e *Event) error {
 var errSyntax = errors.New("unexpected JSON")
 
 type decoder struct {
-	b   []byte
-	p   int
-	err error
+	b    []byte
+	p    int
+	err  error
+	lazy bool // keep images as JSON (DecodeEventHead)
 }
 
 func (d *decoder) fail() {
@@ -271,6 +280,25 @@ func (d *decoder) value() any {
 	return nil
 }
 
+// rawImage consumes an image and returns a copy of its JSON (nil for
+// null).
+func (d *decoder) rawImage() []byte {
+	switch d.peek() {
+	case 'n':
+		d.value()
+		return nil
+	case '{':
+		start := d.p
+		d.value()
+		if d.err != nil {
+			return nil
+		}
+		return clone(d.b[start:d.p])
+	}
+	d.fail()
+	return nil
+}
+
 // skip consumes a value of a member the event does not know.
 func (d *decoder) skip() { d.value() }
 
@@ -300,9 +328,17 @@ func (d *decoder) event(e *Event) {
 		case "bitemporal":
 			d.bitemporal(&e.Bitemporal)
 		case "before":
-			e.Before = d.image()
+			if d.lazy {
+				e.beforeJSON = d.rawImage()
+			} else {
+				e.Before = d.image()
+			}
 		case "after":
-			e.After = d.image()
+			if d.lazy {
+				e.afterJSON = d.rawImage()
+			} else {
+				e.After = d.image()
+			}
 		case "changed":
 			e.Changed = d.strings()
 		case "classification":

@@ -109,3 +109,34 @@ type errorString string
 func (e errorString) Error() string { return string(e) }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// DecodeEventHead then Images gives what DecodeEvent gives, and an event
+// decoded by DecodeEventHead encodes to the same event without ever
+// decoding its images.
+func TestDecodeEventHead(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		e := genEvent().Draw(t, "event")
+		b, err := history.AppendJSON(nil, &e)
+		if err != nil {
+			t.Skip("not JSON")
+		}
+		var full, head history.Event
+		if err := history.DecodeEvent(b, &full); err != nil {
+			t.Fatal(err)
+		}
+		if err := history.DecodeEventHead(b, &head); err != nil {
+			t.Fatal(err)
+		}
+		again, err := history.AppendJSON(nil, &head)
+		var back history.Event
+		if err != nil || history.DecodeEvent(again, &back) != nil || !reflect.DeepEqual(back, full) {
+			t.Fatalf("encoded again (%v):\n%s\nwant the same event as\n%s", err, again, b)
+		}
+		if err := head.Images(); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(head, full) {
+			t.Fatalf("after Images:\ngot  %#v\nwant %#v", head, full)
+		}
+	})
+}

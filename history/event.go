@@ -2,6 +2,7 @@ package history
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -89,8 +90,28 @@ type Event struct {
 	Raw []byte `json:"-"`
 
 	// beforeJSON and afterJSON, when set, are Before and After as
-	// canonical JSON: the engine writes the images it stores as they are.
+	// canonical JSON: the engine writes the images it stores as they are,
+	// and DecodeEventHead keeps them so until Images.
 	beforeJSON, afterJSON []byte
+}
+
+// Images decodes Before and After where DecodeEventHead kept them as
+// JSON; for other events it does nothing. Call it before reading or
+// changing them: until then the kept JSON is what is encoded.
+func (e *Event) Images() error {
+	if e.beforeJSON == nil && e.afterJSON == nil {
+		return nil
+	}
+	before, err := decodeObject(e.beforeJSON)
+	if err != nil {
+		return fmt.Errorf("event %s: before: %w", e.EventID, err)
+	}
+	after, err := decodeObject(e.afterJSON)
+	if err != nil {
+		return fmt.Errorf("event %s: after: %w", e.EventID, err)
+	}
+	e.Before, e.After, e.beforeJSON, e.afterJSON = before, after, nil, nil
+	return nil
 }
 
 // SourceRef says where an event came from.

@@ -574,12 +574,25 @@ func TestRedact(t *testing.T) {
 		{"type without classified fields", "Enhed", map[string]any{"navn": "x"}, "public", nil},
 		{"nil image", "Bruger", nil, "internal", nil},
 	}
+	for _, h := range []struct {
+		typ, ceiling string
+		want         bool
+	}{{"Bruger", "internal", true}, {"Bruger", "confidential", true}, {"Bruger", "restricted", false}, {"Nope", "public", false}} {
+		if got := s.Hides(h.typ, h.ceiling); got != h.want {
+			t.Errorf("Hides(%s, %s) = %v, want %v", h.typ, h.ceiling, got, h.want)
+		}
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			orig := maps.Clone(tt.image)
 			out, removed := s.Redact(tt.typ, tt.image, tt.ceiling)
 			if !slices.Equal(removed, tt.removed) {
 				t.Errorf("removed = %v, want %v", removed, tt.removed)
+			}
+			// Receivers skip Redact where Hides says there is nothing to
+			// hide: it must never say so when Redact would remove something.
+			if len(removed) > 0 && !s.Hides(tt.typ, tt.ceiling) {
+				t.Errorf("Hides(%s, %s) = false, yet Redact removed %v", tt.typ, tt.ceiling, removed)
 			}
 			if !reflect.DeepEqual(tt.image, orig) {
 				t.Errorf("input changed: %v, was %v", tt.image, orig)

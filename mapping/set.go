@@ -88,6 +88,13 @@ func (s *Set) TypesOf(source string, records []string) []string {
 	return out
 }
 
+// Hides reports whether Redact can remove anything from typ's images at
+// ceiling.
+func (s *Set) Hides(typ, ceiling string) bool {
+	m := s.byType[typ]
+	return m != nil && m.MaxLevel() > Level(ceiling)
+}
+
 // Redact returns image without the fields classified above ceiling (a
 // classification label), and the names removed. The input is not changed.
 func (s *Set) Redact(typ string, image map[string]any, ceiling string) (map[string]any, []string) {

@@ -53,6 +53,9 @@ type Retry struct {
 // Redactor removes fields above a classification ceiling from an image.
 type Redactor interface {
 	Redact(typ string, image map[string]any, ceiling string) (map[string]any, []string)
+	// Hides reports whether Redact can remove anything from typ's images
+	// at ceiling.
+	Hides(typ, ceiling string) bool
 	// Level is the classification label of an object type.
 	Level(typ string) string
 }
@@ -147,6 +150,7 @@ type output struct {
 	recv Receiver
 	wake chan struct{}
 	err  error
+	json bool // the receiver is a JSONSender
 
 	// The receiver's cursor lives here while its loop runs, and is saved
 	// to the state at most every cursorSaveEvery, when the loop goes idle
@@ -200,7 +204,11 @@ func (d *Dispatcher) Add(cfg Config, r Receiver) error {
 	if err != nil {
 		return fmt.Errorf("receiver %q: %w", cfg.Name, err)
 	}
-	d.outs = append(d.outs, &output{cfg: cfg, recv: r, wake: make(chan struct{}, 1)})
+	o := &output{cfg: cfg, recv: r, wake: make(chan struct{}, 1)}
+	if js, ok := r.(JSONSender); ok {
+		o.json = js.SendsJSON()
+	}
+	d.outs = append(d.outs, o)
 	return nil
 }
 
@@ -395,7 +403,9 @@ func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 			ev := d.cache.get(seq)
 			if ev == nil {
 				ev = new(history.Event)
-				if err := history.DecodeEvent(v, ev); err != nil {
+				// Images stay JSON until a receiver or redaction needs
+				// them (prepare).
+				if err := history.DecodeEventHead(v, ev); err != nil {
 					return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
 				}
 				ev.Raw = bytes.Clone(v) // v lives only as long as the read transaction
@@ -404,8 +414,12 @@ func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 				}
 			}
 			rb.through = seq
-			if ev, ok := d.prepare(o.cfg, *ev, cur); ok {
-				rb.events = append(rb.events, ev)
+			ev2, ok, err := d.prepare(o, *ev, cur)
+			if err != nil {
+				return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
+			}
+			if ok {
+				rb.events = append(rb.events, ev2)
 			}
 			return nil
 		})
@@ -415,12 +429,18 @@ func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 
 // prepare applies the receiver's filter and redaction; ok is false when
 // the receiver does not get the event.
-func (d *Dispatcher) prepare(cfg Config, ev history.Event, cur Cursor) (history.Event, bool) {
+func (d *Dispatcher) prepare(o *output, ev history.Event, cur Cursor) (history.Event, bool, error) {
+	cfg := o.cfg
 	if len(cfg.Filter.Types) > 0 && !slices.Contains(cfg.Filter.Types, ev.Object.Type) {
-		return ev, false
+		return ev, false, nil
 	}
 	if len(cfg.Filter.Operations) > 0 && !slices.Contains(cfg.Filter.Operations, ev.Operation) {
-		return ev, false
+		return ev, false, nil
+	}
+	if !o.json {
+		if err := ev.Images(); err != nil { // this copy's own maps
+			return ev, false, err
+		}
 	}
 	if ev.Sequence <= cur.ReplayUntil {
 		ev.Emission = history.EmissionReplay
@@ -440,12 +460,20 @@ func (d *Dispatcher) prepare(cfg Config, ev history.Event, cur Cursor) (history.
 // Redact applies a classification ceiling to an event: ok is false if the
 // object is above the ceiling, or if an update changed only fields the
 // receiver may not see.
-func Redact(r Redactor, ceiling string, ev history.Event) (history.Event, bool) {
+func Redact(r Redactor, ceiling string, ev history.Event) (history.Event, bool, error) {
 	if r == nil {
-		return ev, true
+		return ev, true, nil
 	}
 	if history.Level(r.Level(ev.Object.Type)) > history.Level(ceiling) {
-		return ev, false
+		return ev, false, nil
+	}
+	if !r.Hides(ev.Object.Type, ceiling) {
+		return ev, true, nil
+	}
+	// The images are changed below: they must be maps, not the JSON that
+	// would otherwise be sent as it is.
+	if err := ev.Images(); err != nil {
+		return ev, false, err
 	}
 	var removed []string
 	hidden := map[string]bool{}
@@ -461,7 +489,7 @@ func Redact(r Redactor, ceiling string, ev history.Event) (history.Event, bool) 
 		}
 	}
 	if len(removed) == 0 {
-		return ev, true
+		return ev, true, nil
 	}
 	ev.Raw = nil
 	changed := make([]string, 0, len(ev.Changed))
@@ -473,11 +501,11 @@ func Redact(r Redactor, ceiling string, ev history.Event) (history.Event, bool) 
 	// An update that changed only what this receiver may not see would
 	// tell it nothing but that something secret changed.
 	if ev.Operation == history.OpUpdate && len(changed) == 0 && len(ev.Changed) > 0 {
-		return ev, false
+		return ev, false, nil
 	}
 	ev.Changed = changed
 	ev.Classification.Redacted = removed
-	return ev, true
+	return ev, true, nil
 }
 
 func (d *Dispatcher) advance(o *output, gen, through uint64, dead *history.Event, reason string) error {

@@ -402,6 +402,15 @@ func (r redactor) Level(typ string) string {
 	return "internal"
 }
 
+func (r redactor) Hides(typ, ceiling string) bool {
+	for _, l := range r.fields[typ] {
+		if history.Level(l) > history.Level(ceiling) {
+			return true
+		}
+	}
+	return false
+}
+
 func (r redactor) Redact(typ string, image map[string]any, ceiling string) (map[string]any, []string) {
 	if image == nil {
 		return nil, nil
@@ -535,14 +544,51 @@ func mapsEqual(a, b map[string]any) bool {
 	return maps.Equal(a, b)
 }
 
+// jsonReceiver is a fakeReceiver that says it sends events' JSON only.
+type jsonReceiver struct{ *fakeReceiver }
+
+func (jsonReceiver) SendsJSON() bool { return true }
+
+// A receiver that sends events' JSON gets them with their images undecoded
+// (the logged bytes in Raw), unless redaction removes a field: then the
+// images are decoded, redacted, and nothing of the logged JSON is sent.
+func TestJSONSenderImages(t *testing.T) {
+	db := newDB(t)
+	appendLog(t, db, event(1, "Bruger", history.OpCreate, nil, map[string]any{"name": "A", "cpr": "010101-0000"}, "cpr", "name"))
+	var logged []byte
+	_ = db.View(func(tx *state.Tx) error { logged = bytes.Clone(tx.Get(state.Log, state.U64(1))); return nil })
+	hr := redactor{fields: map[string]map[string]string{"Bruger": {"cpr": "confidential"}}}
+	open, low := jsonReceiver{&fakeReceiver{}}, jsonReceiver{&fakeReceiver{}}
+	d := NewDispatcher(db, hr, quiet())
+	if err := d.Add(Config{Name: "open", Classification: "confidential"}, open); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Add(Config{Name: "low", Classification: "internal"}, low); err != nil {
+		t.Fatal(err)
+	}
+	runOnce(t, d)
+	o := open.confirmed[0]
+	if !bytes.Equal(o.Raw, logged) || o.After != nil {
+		t.Errorf("JSON sender without redaction: Raw %q, After %v; want the logged bytes and no decoded images", o.Raw, o.After)
+	}
+	l := low.confirmed[0]
+	out, err := history.AppendJSON(nil, &l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Raw != nil || bytes.Contains(out, []byte("010101")) || !bytes.Contains(out, []byte(`"redacted":["/after/cpr"]`)) {
+		t.Errorf("redacted event for a JSON sender: Raw %q, encoded %s", l.Raw, out)
+	}
+}
+
 func TestRedactNil(t *testing.T) {
 	ev := event(1, "Bruger", history.OpCreate, nil, map[string]any{"cpr": "1"}, "cpr")
-	got, ok := Redact(nil, "public", ev)
-	if !ok || got.After["cpr"] != "1" || got.Classification.Redacted != nil {
+	got, ok, err := Redact(nil, "public", ev)
+	if err != nil || !ok || got.After["cpr"] != "1" || got.Classification.Redacted != nil {
 		t.Errorf("Redact(nil redactor) = %+v, %v", got, ok)
 	}
 	// An unknown type (Level "") is not refused by an empty label.
-	if _, ok := Redact(redactor{types: map[string]string{"X": ""}}, "public", event(1, "X", history.OpCreate, nil, nil)); !ok {
+	if _, ok, _ := Redact(redactor{types: map[string]string{"X": ""}}, "public", event(1, "X", history.OpCreate, nil, nil)); !ok {
 		t.Error("type without a label refused")
 	}
 }

@@ -34,6 +34,13 @@ type Receiver interface {
 	Close() error
 }
 
+// JSONSender is a receiver that sends events as their JSON (Event.Raw, or
+// the event encoded again) and never reads their Before and After: the
+// dispatcher need not decode those for it, which is most of decoding.
+type JSONSender interface {
+	SendsJSON() bool
+}
+
 // Checker is a receiver that can test its connection (connector check).
 type Checker interface {
 	Check(ctx context.Context) error

@@ -201,9 +201,9 @@ func (a *app) backfill(ctx context.Context, name string) (int, error) {
 			if err != nil {
 				return err
 			}
-			ev, ok := publish.Redact(redactor{a.maps}, cfg.Classification, ev)
-			if !ok {
-				return nil
+			ev, ok, err := publish.Redact(redactor{a.maps}, cfg.Classification, ev)
+			if err != nil || !ok {
+				return err
 			}
 			batch = append(batch, ev)
 			if len(batch) == 500 {

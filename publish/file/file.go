@@ -124,6 +124,9 @@ func (r *Receiver) Deliver(_ context.Context, events []history.Event) error {
 // Check verifies the file can be opened for appending.
 func (r *Receiver) Check(context.Context) error { return nil }
 
+// SendsJSON is true: lines are the events' JSON (publish.JSONSender).
+func (r *Receiver) SendsJSON() bool { return true }
+
 // Close closes the file.
 func (r *Receiver) Close() error {
 	if err := r.w.Flush(); err != nil {

@@ -183,6 +183,12 @@ func (r *Receiver) reconnect() {
 }
 
 // Close releases the connections. Deliver leaves nothing buffered.
+// SendsJSON (publish.JSONSender): CloudEvents values are the events' JSON;
+// the Debezium envelope and the state topic's values read the images.
+func (r *Receiver) SendsJSON() bool {
+	return r.s.Format != FormatDebezium && !r.s.hasStateTopic
+}
+
 func (r *Receiver) Close() error {
 	r.stop()
 	r.transport.CloseIdleConnections()
