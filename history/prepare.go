@@ -52,15 +52,18 @@ const (
 // minPrepare is the smallest batch worth a preparing goroutine.
 const minPrepare = 32
 
-// prepare starts preparing b's changes; stop ends it early. It returns nil
-// when the batch is not worth it.
+// prepare starts preparing b's changes. stop ends it and returns once the
+// preparing goroutine no longer reads the changes (the caller may reuse
+// them after Apply). It returns nil when the batch is not worth it.
 func (e *Engine) prepare(src *SourceInfo, changes []capture.Change) (preps []prepared, stop func()) {
 	if len(changes) < minPrepare || runtime.GOMAXPROCS(0) < 2 {
 		return nil, func() {}
 	}
 	preps = make([]prepared, len(changes))
 	var stopped atomic.Bool
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		for i := range changes {
 			if stopped.Load() {
 				return
@@ -73,7 +76,10 @@ func (e *Engine) prepare(src *SourceInfo, changes []capture.Change) (preps []pre
 			p.claim.Store(prepDone)
 		}
 	}()
-	return preps, func() { stopped.Store(true) }
+	return preps, func() {
+		stopped.Store(true)
+		<-done
+	}
 }
 
 func (p *prepared) fill(e *Engine, src *SourceInfo, ch *capture.Change) {
