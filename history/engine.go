@@ -489,12 +489,8 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 	ni.Open = append(ni.Open, v.Version)
 	if !r.deleted {
 		ni.fieldsJSON, ni.keysJSON = r.fieldsJSON, r.keysJSON
-		if bc.src.KeepRows && c.row != nil {
-			if c.enc != nil {
-				ni.rowJSON = c.enc.rowJSON
-			} else {
-				ni.rowJSON = appendCanonical(make([]byte, 0, len(r.fieldsJSON)+64), c.row)
-			}
+		if c.enc.rowJSON != nil { // upsert encoded it where the source keeps rows
+			ni.rowJSON = c.enc.rowJSON
 		}
 	} else {
 		ni.rowJSON = nil

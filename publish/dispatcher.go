@@ -215,10 +215,7 @@ func (d *Dispatcher) Add(cfg Config, r Receiver) error {
 // Notify wakes every receiver (new events were committed). It never blocks.
 func (d *Dispatcher) Notify(uint64) {
 	for _, o := range d.outs {
-		select {
-		case o.wake <- struct{}{}:
-		default:
-		}
+		o.wakeUp()
 	}
 }
 
@@ -594,14 +591,13 @@ func (d *Dispatcher) saveCursor(o *output) error {
 // Cursor returns a receiver's cursor as its running loop has it; ok is
 // false if there is no such receiver or its loop has not started.
 func (d *Dispatcher) Cursor(name string) (c Cursor, ok bool) {
-	for _, o := range d.outs {
-		if o.cfg.Name == name {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			return o.cur, o.loaded
-		}
+	o := d.output(name)
+	if o == nil {
+		return c, false
 	}
-	return c, false
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.cur, o.loaded
 }
 
 // MoveCursor changes a receiver's cursor with fn in one transaction (a
@@ -609,29 +605,16 @@ func (d *Dispatcher) Cursor(name string) (c Cursor, ok bool) {
 // position, and does not advance over a batch it read before. For a
 // receiver this dispatcher does not have, only the state changes.
 func (d *Dispatcher) MoveCursor(name string, fn func(tx *state.Tx, c *Cursor) error) error {
-	var o *output
-	for _, x := range d.outs {
-		if x.cfg.Name == name {
-			o = x
-		}
+	o := d.output(name)
+	if o != nil {
+		o.mu.Lock()
+		defer o.mu.Unlock()
 	}
-	if o == nil {
-		return d.db.Update(func(tx *state.Tx) error {
-			c, _, err := LoadCursor(tx, name)
-			if err != nil {
-				return err
-			}
-			if err := fn(tx, &c); err != nil {
-				return err
-			}
-			return SaveCursor(tx, name, c)
-		})
-	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	c := o.cur
+	var c Cursor
 	err := d.db.Update(func(tx *state.Tx) error {
-		if !o.loaded {
+		if o != nil && o.loaded {
+			c = o.cur // ahead of the state's
+		} else {
 			var err error
 			if c, _, err = LoadCursor(tx, name); err != nil {
 				return err
@@ -642,14 +625,28 @@ func (d *Dispatcher) MoveCursor(name string, fn func(tx *state.Tx, c *Cursor) er
 		}
 		return SaveCursor(tx, name, c)
 	})
-	if err != nil {
+	if err != nil || o == nil {
 		return err
 	}
 	o.cur, o.loaded, o.dirty, o.saved = c, true, false, time.Now()
 	o.gen++
+	o.wakeUp()
+	return nil
+}
+
+func (d *Dispatcher) output(name string) *output {
+	for _, o := range d.outs {
+		if o.cfg.Name == name {
+			return o
+		}
+	}
+	return nil
+}
+
+// wakeUp wakes the receiver's loop if it waits; it never blocks.
+func (o *output) wakeUp() {
 	select {
 	case o.wake <- struct{}{}:
 	default:
 	}
-	return nil
 }
