@@ -191,6 +191,19 @@ func validAtChangeTime(e orgEvent) bool {
 }
 
 // wantOne asserts that evs is exactly one event of the given shape.
+// wantOps fails unless evs are n events, all with operation op.
+func wantOps(t *testing.T, what string, evs []orgEvent, n int, op string) {
+	t.Helper()
+	if len(evs) != n {
+		t.Fatalf("%s: want %d %s events, got %v", what, n, op, evs)
+	}
+	for _, e := range evs {
+		if e.Operation != op {
+			t.Errorf("%s: want %s, got %v", what, op, e)
+		}
+	}
+}
+
 func wantOne(t *testing.T, evs []orgEvent, op, typ, id string, changed ...string) orgEvent {
 	t.Helper()
 	if len(evs) != 1 {
@@ -521,27 +534,12 @@ func TestLDAPOrganisationPreset(t *testing.T) {
 	// Dagpleje blocked: it goes with its 6 users; unblocked, they return.
 	d.replace(dagpleje, "description", "spærret")
 	once()
-	evs = out.next(t)
-	if len(evs) != 7 {
-		t.Fatalf("blocked Dagpleje: want 7 deletes, got %v", evs)
-	}
-	for _, e := range evs {
-		if e.Operation != "delete" {
-			t.Errorf("blocked subtree: %v", e)
-		}
-	}
+	wantOps(t, "blocked Dagpleje", out.next(t), 7, "delete")
 	d.replace(dagpleje, "description", "Dagplejen")
 	once()
 	evs = out.next(t)
 	checkOrgEvents(t, evs, cprs)
-	if len(evs) != 7 {
-		t.Fatalf("unblocked Dagpleje: want 7 undeletes, got %v", evs)
-	}
-	for _, e := range evs {
-		if e.Operation != "undelete" {
-			t.Errorf("unblocked subtree: %v", e)
-		}
-	}
+	wantOps(t, "unblocked Dagpleje", evs, 7, "undelete")
 
 	// A unit whose entryUUID the account may not read: no event, but
 	// quarantined, and connector status counts it (DIRECTORY-CASES #4).
@@ -751,19 +749,10 @@ func TestADOrganisationPreset(t *testing.T) {
 	// unblocked.
 	d.replace(boern, "adminDescription", "spærret")
 	once()
-	if evs = out.next(t); len(evs) != 4 {
-		t.Fatalf("blocked Børn og Unge: want 4 deletes, got %v", evs)
-	}
+	wantOps(t, "blocked Børn og Unge", out.next(t), 4, "delete")
 	d.replace(boern, "adminDescription", "åben")
 	once()
 	evs = out.next(t)
 	checkOrgEvents(t, evs, cprs)
-	if len(evs) != 4 {
-		t.Fatalf("unblocked Børn og Unge: want 4 undeletes, got %v", evs)
-	}
-	for _, e := range evs {
-		if e.Operation != "undelete" {
-			t.Errorf("unblocked subtree: %v", e)
-		}
-	}
+	wantOps(t, "unblocked Børn og Unge", evs, 4, "undelete")
 }
