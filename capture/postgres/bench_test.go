@@ -375,19 +375,28 @@ func BenchmarkCommitToApplyLatency(b *testing.B) {
 // its rate / the decode-only rate. The events are counted in the
 // receiver's file.
 func BenchmarkAgentToFileReceiver(b *testing.B) {
+	benchAgent(b, "bench_agent", func() string { return "type: file\n    path: ./events.jsonl" },
+		func(dir string) (int, error) { return countLines(filepath.Join(dir, "events.jsonl")) })
+}
+
+// benchAgent runs `connector run --once` from a checkpoint seeded at
+// slot's start, into the receiver whose settings receiver returns; count
+// says how many distinct events arrived (given the agent's directory). It
+// reports rate, ratio and the agent's peak RSS. PG_BENCH_PROFILE=file
+// writes a CPU profile of the agent.
+func benchAgent(b *testing.B, slot string, receiver func() string, count func(dir string) (int, error)) {
 	f := getFixture(b)
 	measure(b, f)
 	bin := connectorBinary(b)
 	for range b.N {
 		dir := b.TempDir()
-		cfg := benchAgentConfig(f, "bench_agent", "type: file\n    path: ./events.jsonl")
-		writeAgentConfig(b, dir, cfg)
+		writeAgentConfig(b, dir, benchAgentConfig(f, slot, receiver()))
 		// A stored checkpoint at the slot's start: the agent replays the
 		// WAL instead of taking a snapshot.
-		seedCheckpoint(b, f, dir, "bench_agent")
+		seedCheckpoint(b, f, dir, slot)
 		args := []string{"run", "--once", "-c", "connector.yaml"}
 		if prof := os.Getenv("PG_BENCH_PROFILE"); prof != "" {
-			args = append(args, "--cpu-profile", prof) // a pprof CPU profile of the agent
+			args = append(args, "--cpu-profile", prof)
 		}
 		cmd := exec.Command(bin, args...)
 		cmd.Dir = dir
@@ -399,12 +408,12 @@ func BenchmarkAgentToFileReceiver(b *testing.B) {
 		}
 		took := time.Since(start)
 		ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-		n, err := countLines(filepath.Join(dir, "events.jsonl"))
+		n, err := count(dir)
 		if err != nil {
 			b.Fatal(err)
 		}
 		if n != f.events {
-			b.Fatalf("the receiver got %d events, want %d\n%s", n, f.events, out.String())
+			b.Fatalf("the receiver got %d distinct events, want %d\n%s", n, f.events, out.String())
 		}
 		rate := float64(f.events) / took.Seconds()
 		b.ReportMetric(rate, "events/s")
@@ -431,26 +440,7 @@ func BenchmarkAgentLatency(b *testing.B) {
 	for range b.N {
 		e := newEnv(b, "CREATE TABLE lat (id int PRIMARY KEY, v text)")
 		dir := b.TempDir()
-		cfg := fmt.Sprintf(`state: ./state.db
-sources:
-  - name: pg
-    type: postgres
-    dsn: %s
-    tables: [public.lat]
-mappings:
-  - type: Row
-    source: pg
-    record: public.lat
-    id: id
-    fields: {v: v}
-    classification: internal
-receivers:
-  - name: out
-    type: file
-    path: ./events.jsonl
-    start: beginning
-    classification: internal
-`, e.dsn("postgres"))
+		cfg := fileAgentConfig(e, "public.lat", "Row", "{v: v}", "")
 		writeAgentConfig(b, dir, cfg)
 		cmd := exec.Command(bin, "run", "-c", "connector.yaml")
 		cmd.Dir = dir
@@ -610,37 +600,11 @@ func tailEvents(ctx context.Context, path string, arrived []time.Time, seen *ato
 // agent's peak RSS. The events are counted by consuming the topic (distinct
 // ce_id headers).
 func BenchmarkAgentToKafka(b *testing.B) {
-	f := getFixture(b)
-	measure(b, f)
-	bin := connectorBinary(b)
-	for range b.N {
-		k := testenv.NewKafka(b, testenv.KafkaOptions{InMemory: true})
-		dir := b.TempDir()
-		cfg := benchAgentConfig(f, "bench_kafka", "type: kafka\n    brokers: ["+k.Addr+"]")
-		writeAgentConfig(b, dir, cfg)
-		seedCheckpoint(b, f, dir, "bench_kafka")
-		cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
-		cmd.Dir = dir
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		start := time.Now()
-		if err := cmd.Run(); err != nil {
-			b.Fatalf("connector run --once: %v\n%s", err, out.String())
-		}
-		took := time.Since(start)
-		ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-		n, err := countKafka(k.Addr, "connector.pg.worker", f.events)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if n != f.events {
-			b.Fatalf("the topic holds %d distinct events, want %d\n%s", n, f.events, out.String())
-		}
-		rate := float64(f.events) / took.Seconds()
-		b.ReportMetric(rate, "events/s")
-		b.ReportMetric(rate/measured.decode.rate, "ratio")
-		b.ReportMetric(float64(ru.Maxrss)/1024, "agent-peak-RSS-MiB")
-	}
+	var k *testenv.Kafka
+	benchAgent(b, "bench_kafka", func() string {
+		k = testenv.NewKafka(b, testenv.KafkaOptions{InMemory: true})
+		return "type: kafka\n    brokers: [" + k.Addr + "]"
+	}, func(string) (int, error) { return countKafka(k.Addr, "connector.pg.worker", getFixture(b).events) })
 }
 
 // seedCheckpoint stores a checkpoint at slot's start in dir/state.db: the

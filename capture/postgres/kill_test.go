@@ -54,6 +54,33 @@ func writeAgentConfig(t testing.TB, dir, cfg string) {
 	}
 }
 
+// fileAgentConfig is an agent's configuration for one table of e: source
+// "pg" (with extra, indented source settings, if any), one mapping of typ
+// with fields (a YAML flow map), and a file receiver writing
+// ./events.jsonl.
+func fileAgentConfig(e *env, table, typ, fields, extra string) string {
+	return fmt.Sprintf(`state: ./state.db
+sources:
+  - name: pg
+    type: postgres
+    dsn: %s
+    tables: [%s]
+%smappings:
+  - type: %s
+    source: pg
+    record: %s
+    id: id
+    fields: %s
+    classification: internal
+receivers:
+  - name: out
+    type: file
+    path: ./events.jsonl
+    start: beginning
+    classification: internal
+`, e.dsn("postgres"), table, extra, typ, table, fields)
+}
+
 // runAgentOnce runs `connector run --once` on dir's connector.yaml.
 func runAgentOnce(t testing.TB, bin, dir string) {
 	t.Helper()
@@ -81,29 +108,7 @@ func TestKill9(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE person (id int PRIMARY KEY, name text, n int)",
 		fmt.Sprintf("INSERT INTO person SELECT i, 'p' || i, 0 FROM generate_series(1, %d) i", seed))
 	dir := t.TempDir()
-	cfg := fmt.Sprintf(`state: ./state.db
-sources:
-  - name: pg
-    type: postgres
-    dsn: %s
-    tables: [public.person]
-    heartbeat_interval: 1s
-mappings:
-  - type: Person
-    source: pg
-    record: public.person
-    id: id
-    fields:
-      name: name
-      n: n
-    classification: internal
-receivers:
-  - name: out
-    type: file
-    path: ./events.jsonl
-    start: beginning
-    classification: internal
-`, e.dsn("postgres"))
+	cfg := fileAgentConfig(e, "public.person", "Person", "{name: name, n: n}", "    heartbeat_interval: 1s\n")
 	writeAgentConfig(t, dir, cfg)
 	runOnce := func() { t.Helper(); runAgentOnce(t, bin, dir) }
 	// The initial load first (crashes inside a snapshot are covered by

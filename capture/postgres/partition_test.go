@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -193,26 +192,7 @@ func TestPartitionMoveThroughAgent(t *testing.T) {
 		"CREATE TABLE m_south PARTITION OF m FOR VALUES IN ('south')",
 		"INSERT INTO m VALUES (1, 'south', 'a'), (2, 'north', 'b')")
 	dir := t.TempDir()
-	cfg := fmt.Sprintf(`state: ./state.db
-sources:
-  - name: pg
-    type: postgres
-    dsn: %s
-    tables: [public.m]
-mappings:
-  - type: Thing
-    source: pg
-    record: public.m
-    id: id
-    fields: {name: name, region: region}
-    classification: internal
-receivers:
-  - name: out
-    type: file
-    path: ./events.jsonl
-    start: beginning
-    classification: internal
-`, e.dsn("postgres"))
+	cfg := fileAgentConfig(e, "public.m", "Thing", "{name: name, region: region}", "")
 	writeAgentConfig(t, dir, cfg)
 	runOnce := func() { t.Helper(); runAgentOnce(t, bin, dir) }
 	runOnce()
