@@ -171,6 +171,22 @@ type memSink struct {
 	changes  int
 }
 
+// crashOnStreamBatch makes Apply fail, as a crash before the commit would,
+// on the nth stream batch with changes from now on.
+func (s *memSink) crashOnStreamBatch(n int) {
+	withRows := 0
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onApply = func(b capture.Batch) error {
+		if len(b.Changes) > 0 && b.Snapshot == nil {
+			if withRows++; withRows == n {
+				return errors.New("simulated crash before commit")
+			}
+		}
+		return nil
+	}
+}
+
 func newSink(keys map[string][]string) *memSink {
 	return &memSink{keys: keys, rows: map[string]map[string]map[string]any{}, seen: map[string]int{}}
 }

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -241,18 +240,7 @@ func TestPartitionMoveResume(t *testing.T) {
 	r := start(t, src, sink, nil)
 	waitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.snapshotOf("public.m")) == 10 })
 	r.stop()
-	withRows := 0
-	sink.mu.Lock()
-	sink.onApply = func(b capture.Batch) error {
-		if len(b.Changes) > 0 && b.Snapshot == nil {
-			withRows++
-			if withRows == 3 {
-				return errors.New("simulated crash before commit")
-			}
-		}
-		return nil
-	}
-	sink.mu.Unlock()
+	sink.crashOnStreamBatch(3)
 	r = start(t, src, sink, sink.checkpoint())
 	e.exec("BEGIN; DELETE FROM m WHERE region = 'south'; UPDATE m SET region = 'south' WHERE region = 'north'; COMMIT")
 	if err, ok := r.exited(20 * time.Second); !ok || err == nil || !strings.Contains(err.Error(), "simulated crash") {

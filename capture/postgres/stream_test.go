@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -201,18 +200,7 @@ func TestLargeTransactionResume(t *testing.T) {
 	waitFor(t, 20*time.Second, "streaming", func() bool { return len(sink.all()) > 0 })
 	r.stop()
 	// Apply fails on the 5th batch of the transaction: a crash mid-way.
-	withRows := 0
-	sink.mu.Lock()
-	sink.onApply = func(b capture.Batch) error {
-		if len(b.Changes) > 0 {
-			withRows++
-			if withRows == 5 {
-				return errors.New("simulated crash before commit")
-			}
-		}
-		return nil
-	}
-	sink.mu.Unlock()
+	sink.crashOnStreamBatch(5)
 	r = start(t, src, sink, sink.checkpoint())
 	e.exec("INSERT INTO big SELECT i, 'v' || i FROM generate_series(1, 1000) i")
 	err, ok := r.exited(20 * time.Second)
