@@ -108,6 +108,8 @@ type Dispatcher struct {
 	log    *slog.Logger
 	outs   []*output
 	cache  eventCache
+	// allJSON: every receiver is a JSONSender.
+	allJSON bool
 	// saveEvery is cursorSaveEvery (tests change it).
 	saveEvery time.Duration
 }
@@ -150,7 +152,6 @@ type output struct {
 	recv Receiver
 	wake chan struct{}
 	err  error
-	json bool // the receiver is a JSONSender
 
 	// The receiver's cursor lives here while its loop runs, and is saved
 	// to the state at most every cursorSaveEvery, when the loop goes idle
@@ -204,11 +205,9 @@ func (d *Dispatcher) Add(cfg Config, r Receiver) error {
 	if err != nil {
 		return fmt.Errorf("receiver %q: %w", cfg.Name, err)
 	}
-	o := &output{cfg: cfg, recv: r, wake: make(chan struct{}, 1)}
-	if js, ok := r.(JSONSender); ok {
-		o.json = js.SendsJSON()
-	}
-	d.outs = append(d.outs, o)
+	js, ok := r.(JSONSender)
+	d.allJSON = (len(d.outs) == 0 || d.allJSON) && ok && js.SendsJSON()
+	d.outs = append(d.outs, &output{cfg: cfg, recv: r, wake: make(chan struct{}, 1)})
 	return nil
 }
 
@@ -400,9 +399,14 @@ func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 			ev := d.cache.get(seq)
 			if ev == nil {
 				ev = new(history.Event)
-				// Images stay JSON until a receiver or redaction needs
-				// them (prepare).
-				if err := history.DecodeEventHead(v, ev); err != nil {
+				// Where every receiver sends JSON, images stay JSON until
+				// redaction needs them (prepare); otherwise they are
+				// decoded once here, for all receivers sharing the cache.
+				decode := history.DecodeEvent
+				if d.allJSON {
+					decode = history.DecodeEventHead
+				}
+				if err := decode(v, ev); err != nil {
 					return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
 				}
 				ev.Raw = bytes.Clone(v) // v lives only as long as the read transaction
@@ -411,7 +415,7 @@ func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 				}
 			}
 			rb.through = seq
-			ev2, ok, err := d.prepare(o, *ev, cur)
+			ev2, ok, err := d.prepare(o.cfg, *ev, cur)
 			if err != nil {
 				return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
 			}
@@ -426,18 +430,12 @@ func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 
 // prepare applies the receiver's filter and redaction; ok is false when
 // the receiver does not get the event.
-func (d *Dispatcher) prepare(o *output, ev history.Event, cur Cursor) (history.Event, bool, error) {
-	cfg := o.cfg
+func (d *Dispatcher) prepare(cfg Config, ev history.Event, cur Cursor) (history.Event, bool, error) {
 	if len(cfg.Filter.Types) > 0 && !slices.Contains(cfg.Filter.Types, ev.Object.Type) {
 		return ev, false, nil
 	}
 	if len(cfg.Filter.Operations) > 0 && !slices.Contains(cfg.Filter.Operations, ev.Operation) {
 		return ev, false, nil
-	}
-	if !o.json {
-		if err := ev.Images(); err != nil { // this copy's own maps
-			return ev, false, err
-		}
 	}
 	if ev.Sequence <= cur.ReplayUntil {
 		ev.Emission = history.EmissionReplay
