@@ -19,11 +19,14 @@ func DecodeEvent(b []byte, e *Event) error { return decodeEvent(b, e, false) }
 // DecodeEventHead decodes an event but for its images, which it keeps as
 // the JSON they are in b until Images decodes them: for a receiver that
 // sends the logged JSON and never reads Before and After, decoding them is
-// most of the work.
+// most of the work. The event keeps b (its images are slices of it), so
+// the caller must not change b afterwards.
 func DecodeEventHead(b []byte, e *Event) error { return decodeEvent(b, e, true) }
 
 func decodeEvent(b []byte, e *Event, lazy bool) error {
-	d := decoder{b: b, lazy: lazy}
+	// The event's strings are slices of one copy of b: one allocation
+	// instead of one per string.
+	d := decoder{b: b, s: string(b), lazy: lazy}
 	d.event(e)
 	d.ws()
 	if d.err == nil && d.p == len(b) {
@@ -37,9 +40,22 @@ var errSyntax = errors.New("unexpected JSON")
 
 type decoder struct {
 	b    []byte
+	s    string // b as a string, if set: strings are sliced from it
 	p    int
 	err  error
 	lazy bool // keep images as JSON (DecodeEventHead)
+
+	// name is the current member's name as a string where that costs no
+	// allocation (else ""); see memberName.
+	name string
+}
+
+// memberName returns the name object passed to member as a string.
+func (d *decoder) memberName(name []byte) string {
+	if d.name != "" {
+		return d.name
+	}
+	return string(name)
 }
 
 func (d *decoder) fail() {
@@ -94,7 +110,19 @@ func (d *decoder) object(member func(name []byte)) {
 		return
 	}
 	for d.err == nil {
-		name := d.rawString()
+		start, end, plain := d.scanString()
+		var name []byte
+		switch {
+		case d.err != nil:
+		case plain:
+			name, d.name = d.b[start:end], ""
+			if d.s != "" {
+				d.name = d.s[start:end]
+			}
+		default:
+			d.name = d.unquote(start, end)
+			name = []byte(d.name)
+		}
 		d.expect(':')
 		member(name)
 		switch d.peek() {
@@ -130,46 +158,74 @@ func (d *decoder) array(elem func()) {
 	}
 }
 
-// rawString returns a string token's content when it needs no unescaping
-// and is valid UTF-8 (aliasing the input); otherwise it decodes it.
-func (d *decoder) rawString() []byte {
+// scanString consumes a string token. plain is true when its content,
+// b[start:end], needs no unescaping and is valid UTF-8.
+func (d *decoder) scanString() (start, end int, plain bool) {
 	if d.peek() != '"' {
 		d.fail()
-		return nil
+		return 0, 0, false
 	}
-	start := d.p + 1
-	simple := true
+	start = d.p + 1
+	plain = true
+	ascii := true
 	for i := start; i < len(d.b); i++ {
 		switch c := d.b[i]; {
 		case c == '"':
 			d.p = i + 1
-			s := d.b[start:i]
-			if simple && utf8.Valid(s) {
-				return s
+			if !ascii {
+				plain = plain && utf8.Valid(d.b[start:i])
 			}
-			var out string
-			if err := json.Unmarshal(d.b[start-1:i+1], &out); err != nil {
-				d.fail()
-				return nil
-			}
-			return []byte(out)
+			return start, i, plain
 		case c == '\\':
-			simple = false
+			plain = false
 			i++
 		case c < 0x20:
 			d.fail()
-			return nil
+			return 0, 0, false
+		case c >= 0x80:
+			ascii = false
 		}
 	}
 	d.fail()
-	return nil
+	return 0, 0, false
+}
+
+// unquote decodes the string token b[start-1:end+1] that is not plain.
+func (d *decoder) unquote(start, end int) string {
+	var out string
+	if err := json.Unmarshal(d.b[start-1:end+1], &out); err != nil {
+		d.fail()
+	}
+	return out
+}
+
+// rawString returns a string token's content when it needs no unescaping
+// and is valid UTF-8 (aliasing the input); otherwise it decodes it.
+func (d *decoder) rawString() []byte {
+	start, end, plain := d.scanString()
+	switch {
+	case d.err != nil:
+		return nil
+	case plain:
+		return d.b[start:end]
+	}
+	return []byte(d.unquote(start, end))
 }
 
 func (d *decoder) str() string {
 	if d.null() {
 		return ""
 	}
-	return string(d.rawString())
+	start, end, plain := d.scanString()
+	switch {
+	case d.err != nil:
+		return ""
+	case !plain:
+		return d.unquote(start, end)
+	case d.s != "":
+		return d.s[start:end]
+	}
+	return string(d.b[start:end])
 }
 
 func (d *decoder) number() []byte {
@@ -206,6 +262,9 @@ func (d *decoder) time() Time {
 		return Time{}
 	}
 	s := d.rawString()
+	if t, ok := parseTimeLayout(s); ok {
+		return Time{t}
+	}
 	t, err := time.Parse(time.RFC3339Nano, string(s))
 	if err != nil {
 		d.fail()
@@ -225,9 +284,21 @@ func (d *decoder) strings() []string {
 	if d.null() {
 		return nil
 	}
-	out := []string{}
-	d.array(func() { out = append(out, d.str()) })
-	return out
+	// Most lists are short: collect on the stack, allocate once.
+	var buf [16]string
+	n, more := 0, []string(nil)
+	d.array(func() {
+		v := d.str()
+		if n < len(buf) {
+			buf[n] = v
+			n++
+		} else {
+			more = append(more, v)
+		}
+	})
+	out := make([]string, n, n+len(more))
+	copy(out, buf[:n])
+	return append(out, more...)
 }
 
 func (d *decoder) stringMap() map[string]string {
@@ -235,7 +306,10 @@ func (d *decoder) stringMap() map[string]string {
 		return nil
 	}
 	out := map[string]string{}
-	d.object(func(name []byte) { out[string(name)] = d.str() })
+	d.object(func(name []byte) {
+		k := d.memberName(name)
+		out[k] = d.str()
+	})
 	return out
 }
 
@@ -257,14 +331,17 @@ func (d *decoder) value() any {
 	switch c := d.peek(); {
 	case c == '{':
 		m := map[string]any{}
-		d.object(func(name []byte) { m[string(name)] = d.value() })
+		d.object(func(name []byte) {
+			k := d.memberName(name)
+			m[k] = d.value()
+		})
 		return m
 	case c == '[':
 		out := []any{}
 		d.array(func() { out = append(out, d.value()) })
 		return out
 	case c == '"':
-		return string(d.rawString())
+		return d.str()
 	case c == 't' && len(d.b)-d.p >= 4 && string(d.b[d.p:d.p+4]) == "true":
 		d.p += 4
 		return true
@@ -274,33 +351,57 @@ func (d *decoder) value() any {
 	case c == 'n' && d.null():
 		return nil
 	case c == '-' || (c >= '0' && c <= '9'):
-		return json.Number(d.number())
+		start := d.p
+		d.number()
+		if d.s != "" {
+			return json.Number(d.s[start:d.p])
+		}
+		return json.Number(d.b[start:d.p])
 	}
 	d.fail()
 	return nil
 }
 
-// rawImage consumes an image and returns a copy of its JSON (nil for
-// null).
+// rawImage consumes an image and returns its JSON (nil for null), a slice
+// of the input.
 func (d *decoder) rawImage() []byte {
 	switch d.peek() {
 	case 'n':
-		d.value()
+		d.skip()
 		return nil
 	case '{':
 		start := d.p
-		d.value()
+		d.skip()
 		if d.err != nil {
 			return nil
 		}
-		return clone(d.b[start:d.p])
+		return d.b[start:d.p:d.p]
 	}
 	d.fail()
 	return nil
 }
 
-// skip consumes a value of a member the event does not know.
-func (d *decoder) skip() { d.value() }
+// skip consumes a value, checking its syntax as value does, without
+// decoding it.
+func (d *decoder) skip() {
+	switch c := d.peek(); {
+	case c == '{':
+		d.object(func([]byte) { d.skip() })
+	case c == '[':
+		d.array(d.skip)
+	case c == '"':
+		d.scanString()
+	case c == 't' && len(d.b)-d.p >= 4 && string(d.b[d.p:d.p+4]) == "true":
+		d.p += 4
+	case c == 'f' && len(d.b)-d.p >= 5 && string(d.b[d.p:d.p+5]) == "false":
+		d.p += 5
+	case c == 'n' && d.null():
+	case c == '-' || (c >= '0' && c <= '9'):
+		d.number()
+	default:
+		d.fail()
+	}
+}
 
 func (d *decoder) event(e *Event) {
 	d.object(func(name []byte) {
@@ -501,4 +602,33 @@ func (d *decoder) classification(c *Classification) {
 			d.skip()
 		}
 	})
+}
+
+// parseTimeLayout parses a timestamp in TimeLayout with a Z zone (what
+// the engine writes) without time.Parse's generality; ok is false for
+// anything else.
+func parseTimeLayout(s []byte) (t time.Time, ok bool) {
+	// 2006-01-02T15:04:05.000000Z
+	if len(s) != 27 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[19] != '.' || s[26] != 'Z' {
+		return t, false
+	}
+	num := func(b []byte) int {
+		n := 0
+		for _, c := range b {
+			if c < '0' || c > '9' {
+				return -1
+			}
+			n = n*10 + int(c-'0')
+		}
+		return n
+	}
+	y, mo, d, h, mi, sec, us := num(s[0:4]), num(s[5:7]), num(s[8:10]), num(s[11:13]), num(s[14:16]), num(s[17:19]), num(s[20:26])
+	if y < 0 || mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 59 || us < 0 {
+		return t, false
+	}
+	t = time.Date(y, time.Month(mo), d, h, mi, sec, us*1000, time.UTC)
+	if t.Day() != d { // 31 February and the like: time.Parse says no
+		return t, false
+	}
+	return t, true
 }

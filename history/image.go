@@ -241,7 +241,13 @@ func decodeObject(b []byte) (map[string]any, error) {
 	if len(b) == 0 || string(b) == "null" {
 		return nil, nil
 	}
-	var m map[string]any
+	d := decoder{b: b, s: string(b)}
+	if m := d.image(); d.err == nil {
+		if d.ws(); d.p == len(b) && m != nil {
+			return m, nil
+		}
+	}
+	var m map[string]any // encoding/json says what is wrong
 	if err := unmarshalExact(b, &m); err != nil {
 		return nil, err
 	}
