@@ -120,8 +120,15 @@ type Options struct {
 	Clock func() time.Time
 	Log   *slog.Logger
 	// Committed is called after each commit that appended events, with
-	// the last sequence (wakes the dispatcher). Must not block.
-	Committed func(last uint64)
+	// the last sequence and the committed events themselves, in sequence
+	// order, as far as the engine kept them (up to KeepLogged of each
+	// commit): the dispatcher delivers the log's tail from them instead
+	// of reading it back. The callee owns the events; it must not change
+	// them, nor block.
+	Committed func(last uint64, logged []Event)
+	// KeepLogged is how many events of a commit are kept for Committed
+	// (default 4096; negative keeps none).
+	KeepLogged int
 	// ChunkSize is how many staged objects one apply transaction takes.
 	ChunkSize int
 }
@@ -166,6 +173,9 @@ func New(db *state.DB, maps *mapping.Set, opt Options) (*Engine, error) {
 	}
 	if opt.ChunkSize == 0 {
 		opt.ChunkSize = 2000
+	}
+	if opt.KeepLogged == 0 {
+		opt.KeepLogged = 4096
 	}
 	return &Engine{db: db, maps: maps, ns: ns, opt: opt}, nil
 }
@@ -258,6 +268,9 @@ type batchCtx struct {
 	quarantined int
 	// counts is type → operation → events of this batch.
 	counts map[string]map[string]int
+	// logged are the first keep events of the batch, for Committed.
+	logged []Event
+	keep   int
 }
 
 // committed adds a committed batch's counts; call with e.mu held.
@@ -298,7 +311,11 @@ func (e *Engine) begin(tx *state.Tx, src *SourceInfo, txid string) (*batchCtx, e
 	if k, _ := tx.Last(state.Log); k != nil {
 		seq = state.ParseU64(k)
 	}
-	return &batchCtx{tx: tx, src: src, ss: &ss, seq: seq, txid: txid, emission: EmissionLive}, nil
+	bc := &batchCtx{tx: tx, src: src, ss: &ss, seq: seq, txid: txid, emission: EmissionLive}
+	if e.opt.Committed != nil {
+		bc.keep = e.opt.KeepLogged
+	}
+	return bc, nil
 }
 
 // upsert registers obj as existing now; it emits create, update, undelete
@@ -559,6 +576,10 @@ func (e *Engine) register(bc *batchCtx, m *mapping.Mapping, img *Image, c change
 	if err := tx.Put(state.Log, state.U64(v.Sequence), data); err != nil {
 		return err
 	}
+	if len(bc.logged) < bc.keep {
+		ev.Raw = data
+		bc.logged = append(bc.logged, ev)
+	}
 	bc.events++
 	bc.ss.Events++
 	if bc.counts == nil {
@@ -656,6 +677,7 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 	var last uint64
 	var n int
 	var counts map[string]map[string]int
+	var logged []Event
 	preps, stopPrep := e.prepare(&s.src, b.Changes)
 	defer stopPrep()
 	err := e.db.Update(func(tx *state.Tx) error {
@@ -689,7 +711,7 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 			bc.ss.Position = b.Changes[len(b.Changes)-1].Position
 		}
 		bc.ss.LastApplied = Ptr(e.opt.Clock())
-		last, n, counts = bc.seq, bc.events, bc.counts
+		last, n, counts, logged = bc.seq, bc.events, bc.counts, bc.logged
 		return SaveSource(tx, s.src.Name, *bc.ss)
 	})
 	if err != nil {
@@ -697,7 +719,7 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 	}
 	e.committed(counts)
 	if n > 0 && e.opt.Committed != nil {
-		e.opt.Committed(last)
+		e.opt.Committed(last, logged)
 	}
 	return nil
 }

@@ -49,6 +49,10 @@ type fixture struct {
 	engine *history.Engine
 	sink   *history.Sink
 	clock  time.Time
+	// logged are the events handed to Options.Committed, lasts the
+	// sequences it was given.
+	logged []history.Event
+	lasts  []uint64
 }
 
 func newFixture(t *testing.T, maps *mapping.Set, info history.SourceInfo) *fixture {
@@ -67,6 +71,9 @@ func openFixture(t *testing.T, path string, maps *mapping.Set, info history.Sour
 	f.engine, err = history.New(db, maps, history.Options{Log: quiet, ChunkSize: 3, Clock: func() time.Time {
 		f.clock = f.clock.Add(time.Second)
 		return f.clock
+	}, Committed: func(last uint64, logged []history.Event) {
+		f.lasts = append(f.lasts, last)
+		f.logged = append(f.logged, logged...)
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -464,6 +464,7 @@ func (s *Sink) finish(ctx context.Context) error {
 		var last uint64
 		var n int
 		var counts map[string]map[string]int
+		var logged []Event
 		e.mu.Lock()
 		err := e.db.Update(func(tx *state.Tx) error {
 			st, err := tx.Staging(s.src.Name, false)
@@ -497,7 +498,7 @@ func (s *Sink) finish(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			last, n, counts = bc.seq, bc.events, bc.counts
+			last, n, counts, logged = bc.seq, bc.events, bc.counts, bc.logged
 			if meta.Phase == "" {
 				// Finished: the run's checkpoint becomes the source's.
 				done = true
@@ -522,7 +523,7 @@ func (s *Sink) finish(ctx context.Context) error {
 			return fmt.Errorf("source %q: apply snapshot: %w", s.src.Name, err)
 		}
 		if n > 0 && e.opt.Committed != nil {
-			e.opt.Committed(last)
+			e.opt.Committed(last, logged)
 		}
 		if done {
 			return nil

@@ -114,37 +114,49 @@ type Dispatcher struct {
 	saveEvery time.Duration
 }
 
-// eventCache keeps recently decoded log events, so receivers that read the
-// same stretch of the log decode each event once. Cached events are never
-// mutated: prepare works on copies.
+// eventCache holds the log's recent events, decoded: those the engine
+// has just committed (Committed), so that receivers keeping up deliver
+// the log's tail without reading it back, and those one receiver read
+// from the log when others may read them too. Each sequence has one slot
+// (sequence mod eventCacheSize), and a slot holds the newest sequence
+// put there. Cached events are never changed: prepare works on copies.
 type eventCache struct {
-	mu    sync.Mutex
-	byseq map[uint64]*history.Event
-	order []uint64
-	next  int
+	mu   sync.Mutex
+	ring []*history.Event
 }
 
-const eventCacheSize = 8192
+// eventCacheSize is the most events cached, two engine batches or so;
+// it bounds the cache's memory at a few MB.
+const eventCacheSize = 4096
 
-func (c *eventCache) get(seq uint64) *history.Event {
+// run appends to dst the cached events from seq on, in sequence order,
+// up to max of them, stopping at the first not cached.
+func (c *eventCache) run(seq uint64, max int, dst []*history.Event) []*history.Event {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.byseq[seq]
+	for ; len(c.ring) > 0 && max > 0; seq, max = seq+1, max-1 {
+		ev := c.ring[seq%eventCacheSize]
+		if ev == nil || ev.Sequence != seq {
+			break
+		}
+		dst = append(dst, ev)
+	}
+	return dst
 }
 
-func (c *eventCache) put(seq uint64, ev *history.Event) {
+// put caches events, each unless its slot holds a newer one.
+func (c *eventCache) put(evs ...*history.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.byseq == nil {
-		c.byseq = make(map[uint64]*history.Event, eventCacheSize)
-		c.order = make([]uint64, eventCacheSize)
+	if c.ring == nil {
+		c.ring = make([]*history.Event, eventCacheSize)
 	}
-	if old := c.order[c.next]; old != 0 {
-		delete(c.byseq, old)
+	for _, ev := range evs {
+		slot := &c.ring[ev.Sequence%eventCacheSize]
+		if *slot == nil || (*slot).Sequence < ev.Sequence {
+			*slot = ev
+		}
 	}
-	c.order[c.next] = seq
-	c.next = (c.next + 1) % eventCacheSize
-	c.byseq[seq] = ev
 }
 
 type output struct {
@@ -209,6 +221,24 @@ func (d *Dispatcher) Add(cfg Config, r Receiver) error {
 	d.allJSON = (len(d.outs) == 0 || d.allJSON) && ok && js.SendsJSON()
 	d.outs = append(d.outs, &output{cfg: cfg, recv: r, wake: make(chan struct{}, 1)})
 	return nil
+}
+
+// Committed caches events the engine has just committed and wakes every
+// receiver (history.Options.Committed). It takes the events over and never
+// blocks for long.
+func (d *Dispatcher) Committed(last uint64, logged []history.Event) {
+	evs := make([]*history.Event, 0, len(logged))
+	for i := range logged {
+		ev := &logged[i]
+		// What read would make of the logged JSON: images stay JSON only
+		// where every receiver sends JSON.
+		if !d.allJSON && ev.Images() != nil {
+			break // read finds it in the log, and says what is wrong
+		}
+		evs = append(evs, ev)
+	}
+	d.cache.put(evs...)
+	d.Notify(last)
 }
 
 // Notify wakes every receiver (new events were committed). It never blocks.
@@ -384,45 +414,69 @@ type readBatch struct {
 	through uint64 // the last sequence looked at (delivered or filtered)
 }
 
-// read takes up to Batch events after cur, filtered and redacted.
+// read takes up to Batch events after cur, filtered and redacted: from
+// the cache as far as it holds them, then from the log.
 func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
-	var rb readBatch
+	rb := readBatch{through: cur.Delivered, events: make([]history.Event, 0, min(o.cfg.Batch, 512))}
+	looked := 0
+	take := func(ev *history.Event) error {
+		looked++
+		rb.through = ev.Sequence
+		ev2, ok, err := d.prepare(o.cfg, *ev, cur)
+		if err != nil {
+			return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, ev.Sequence, err)
+		}
+		if ok {
+			rb.events = append(rb.events, ev2)
+		}
+		return nil
+	}
+	full := func() bool { return len(rb.events) == o.cfg.Batch || looked == 20*o.cfg.Batch }
+	var cached [64]*history.Event
+	for !full() {
+		run := d.cache.run(rb.through+1, min(len(cached), o.cfg.Batch-len(rb.events), 20*o.cfg.Batch-looked), cached[:0])
+		if len(run) == 0 {
+			break
+		}
+		for _, ev := range run {
+			if err := take(ev); err != nil {
+				return rb, err
+			}
+		}
+	}
+	if full() {
+		return rb, nil
+	}
 	err := d.db.View(func(tx *state.Tx) error {
-		rb.through = cur.Delivered
-		looked := 0
-		return tx.ScanFrom(state.Log, nil, state.U64(cur.Delivered+1), func(k, v []byte) error {
-			if len(rb.events) == o.cfg.Batch || looked == 20*o.cfg.Batch {
+		return tx.ScanFrom(state.Log, nil, state.U64(rb.through+1), func(k, v []byte) error {
+			if full() {
 				return state.ErrStop
 			}
-			looked++
 			seq := state.ParseU64(k)
-			ev := d.cache.get(seq)
-			if ev == nil {
-				ev = new(history.Event)
-				// Where every receiver sends JSON, images stay JSON until
-				// redaction needs them (prepare); otherwise they are
-				// decoded once here, for all receivers sharing the cache.
-				decode := history.DecodeEvent
-				if d.allJSON {
-					decode = history.DecodeEventHead
-				}
-				if err := decode(v, ev); err != nil {
-					return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
-				}
-				ev.Raw = bytes.Clone(v) // v lives only as long as the read transaction
-				if len(d.outs) > 1 {
-					d.cache.put(seq, ev)
-				}
+			if hit := d.cache.run(seq, 1, cached[:0]); len(hit) == 1 {
+				return take(hit[0])
 			}
-			rb.through = seq
-			ev2, ok, err := d.prepare(o.cfg, *ev, cur)
-			if err != nil {
+			ev := new(history.Event)
+			// v lives only as long as the read transaction.
+			raw := bytes.Clone(v)
+			// Where every receiver sends JSON, images stay JSON until
+			// redaction needs them (prepare); otherwise they are decoded
+			// once here, for all receivers sharing the cache.
+			decode := history.DecodeEvent
+			if d.allJSON {
+				decode = history.DecodeEventHead
+			}
+			if err := decode(raw, ev); err != nil {
 				return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, seq, err)
 			}
-			if ok {
-				rb.events = append(rb.events, ev2)
+			ev.Raw = raw
+			if ev.Sequence != seq {
+				return fmt.Errorf("%w: log event %d has sequence %d", state.ErrCorrupt, seq, ev.Sequence)
 			}
-			return nil
+			if len(d.outs) > 1 {
+				d.cache.put(ev)
+			}
+			return take(ev)
 		})
 	})
 	return rb, err
@@ -441,14 +495,12 @@ func (d *Dispatcher) prepare(cfg Config, ev history.Event, cur Cursor) (history.
 		ev.Emission = history.EmissionReplay
 		ev.Raw = nil // no longer what the log holds
 	}
-	if len(d.outs) > 1 {
-		// The decoded event is shared through the cache: give each
-		// receiver its own top-level maps and slices, so an adapter that
-		// changes what it is given cannot change another receiver's events.
-		ev.Before, ev.After = maps.Clone(ev.Before), maps.Clone(ev.After)
-		ev.Changed = slices.Clone(ev.Changed)
-		ev.Object.Keys = maps.Clone(ev.Object.Keys)
-	}
+	// The event may be shared through the cache: give each delivery its
+	// own top-level maps and slices, so an adapter that changes what it is
+	// given cannot change another receiver's events, or its own retry.
+	ev.Before, ev.After = maps.Clone(ev.Before), maps.Clone(ev.After)
+	ev.Changed = slices.Clone(ev.Changed)
+	ev.Object.Keys = maps.Clone(ev.Object.Keys)
 	return Redact(d.redact, cfg.Classification, ev)
 }
 

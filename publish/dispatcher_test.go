@@ -1258,3 +1258,62 @@ func TestClose(t *testing.T) {
 		t.Error("Close stopped at the first error")
 	}
 }
+
+// Events the engine hands over as it commits them (Committed) are
+// delivered from the cache; whatever the cache does not hold (evicted,
+// never handed over) comes from the log, in sequence order all the same.
+// The handed-over events here carry a mark the logged ones lack, to tell
+// which way each came.
+func TestCommittedTail(t *testing.T) {
+	for _, json := range []bool{true, false} {
+		t.Run(fmt.Sprintf("json=%v", json), func(t *testing.T) {
+			db := newDB(t)
+			n := uint64(eventCacheSize + 100)
+			appendLog(t, db, creates(1, n)...)
+			var handed []history.Event
+			err := db.View(func(tx *state.Tx) error {
+				return tx.Scan(state.Log, nil, func(k, v []byte) error {
+					var ev history.Event
+					if err := history.DecodeEventHead(bytes.Clone(v), &ev); err != nil {
+						return err
+					}
+					if ev.Sequence != 2000 { // never handed over
+						ev.Trace.CorrelationID = "handed"
+						handed = append(handed, ev)
+					}
+					return nil
+				})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A careless adapter that scribbles on what it is given, and
+			// fails the first delivery: its retry gets the cached events
+			// again, as they were.
+			r := &fakeReceiver{mutate: true, script: []step{{err: errors.New("down")}}}
+			var recv Receiver = r
+			if json {
+				recv = jsonReceiver{r}
+			}
+			d := NewDispatcher(db, nil, quiet())
+			if err := d.Add(Config{Name: "out", Start: "beginning", Batch: 500, Retry: fastRetry}, recv); err != nil {
+				t.Fatal(err)
+			}
+			d.Committed(n, handed)
+			runOnce(t, d)
+			if got := r.seqs(); !slices.Equal(got, seqRange(1, n)) {
+				t.Fatalf("delivered %d events, want 1…%d in order", len(got), n)
+			}
+			for _, ev := range r.events() {
+				// 1…100 were evicted by 4097…4196; 2000 was never handed over.
+				fromLog := ev.Sequence <= 100 || ev.Sequence == 2000
+				if (ev.Trace.CorrelationID == "handed") == fromLog {
+					t.Fatalf("event %d came from the %s", ev.Sequence, map[bool]string{true: "log", false: "cache"}[!fromLog])
+				}
+				if !json && ev.After["n"] != fmt.Sprint(ev.Sequence) {
+					t.Fatalf("event %d: after %v; a receiver that reads images must get them decoded", ev.Sequence, ev.After)
+				}
+			}
+		})
+	}
+}

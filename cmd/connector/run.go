@@ -102,7 +102,7 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 	}
 	defer d.Close()
 	a.dispatcher = d
-	engine, err := history.New(a.db, a.maps, history.Options{Log: a.log, Committed: d.Notify})
+	engine, err := history.New(a.db, a.maps, history.Options{Log: a.log, Committed: d.Committed})
 	if err != nil {
 		return err
 	}
