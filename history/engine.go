@@ -688,6 +688,7 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 		if b.EpochBreak != "" {
 			s.breakEpoch(bc.ss, b.EpochBreak)
 		}
+		bc.logged = make([]Event, 0, min(len(b.Changes), bc.keep))
 		for i := range b.Changes {
 			bc.txid = b.TransactionID
 			if t := b.Changes[i].TransactionID; t != "" {

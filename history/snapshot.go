@@ -481,6 +481,7 @@ func (s *Sink) finish(ctx context.Context) error {
 				return err
 			}
 			bc.initial, bc.reconcile = meta.Initial, meta.Reconcile
+			bc.logged = make([]Event, 0, min(e.opt.ChunkSize, bc.keep))
 			switch {
 			case meta.Initial:
 				bc.emission = EmissionBackfill
