@@ -126,6 +126,46 @@ func TestReopenKeepsInstallation(t *testing.T) {
 	}
 }
 
+// A file keeps the page size it was created with: files from releases
+// that wrote 4 KiB pages open and grow as they are.
+func TestPageSizeKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	for i, opt := range []Options{{PageSize: 4096, NoSync: true}, {NoSync: true}} {
+		db, err := Open(path, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = db.Update(func(tx *Tx) error {
+			for n := range 3000 {
+				if err := tx.Put(Log, U64(uint64(i*3000+n+1)), bytes.Repeat([]byte("e"), 700)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		_ = db.View(func(tx *Tx) error { n = tx.Count(Log); return nil })
+		if n != (i+1)*3000 {
+			t.Errorf("open %d: %d log entries, want %d", i, n, (i+1)*3000)
+		}
+		if ps := db.bolt.Info().PageSize; ps != 4096 {
+			t.Errorf("open %d: page size %d, want the file's 4096", i, ps)
+		}
+		db.Close()
+	}
+	db, err := Open(filepath.Join(t.TempDir(), "new.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if ps := db.bolt.Info().PageSize; ps != DefaultPageSize {
+		t.Errorf("new file: page size %d, want %d", ps, DefaultPageSize)
+	}
+}
+
 func TestReadOnlyRefusesWrites(t *testing.T) {
 	path, _ := newFile(t, 1)
 	db := open(t, path, Options{ReadOnly: true})
@@ -234,12 +274,12 @@ func TestOpenRefuses(t *testing.T) {
 		// between the meta pages, and after both (where bbolt itself
 		// would fault reading the missing pages).
 		{name: "truncated to 100 bytes", setup: truncated(100), want: corrupt},
-		{name: "truncated to one page", setup: truncated(4096), want: corrupt},
-		{name: "truncated inside the second meta page", setup: truncated(5000), want: corrupt},
-		{name: "truncated after the meta pages", setup: truncated(8192), want: corrupt},
-		{name: "truncated after a few pages", setup: truncated(20000), want: corrupt},
+		{name: "truncated to one page", setup: truncated(DefaultPageSize), want: corrupt},
+		{name: "truncated inside the second meta page", setup: truncated(DefaultPageSize + 1000), want: corrupt},
+		{name: "truncated after the meta pages", setup: truncated(2 * DefaultPageSize), want: corrupt},
+		{name: "truncated after a few pages", setup: truncated(5 * DefaultPageSize), want: corrupt},
 		{name: "truncated to half", setup: truncated(-2), want: corrupt},
-		{name: "truncated read-only", setup: truncated(12288), opt: Options{ReadOnly: true}, want: corrupt},
+		{name: "truncated read-only", setup: truncated(3 * DefaultPageSize), opt: Options{ReadOnly: true}, want: corrupt},
 		{
 			name: "another program's bbolt file",
 			setup: func(t *testing.T) string {
