@@ -300,6 +300,9 @@ type change struct {
 	position  string
 	changeKey string
 	reason    string
+	// img is the object's current image, if loaded (loaded true).
+	img    *Image
+	loaded bool
 }
 
 func (e *Engine) begin(tx *state.Tx, src *SourceInfo, txid string) (*batchCtx, error) {
@@ -321,9 +324,12 @@ func (e *Engine) begin(tx *state.Tx, src *SourceInfo, txid string) (*batchCtx, e
 // upsert registers obj as existing now; it emits create, update, undelete
 // or nothing.
 func (e *Engine) upsert(bc *batchCtx, m *mapping.Mapping, c change) error {
-	img, err := loadImage(bc.tx, c.obj.Type, c.obj.ID)
-	if err != nil {
-		return err
+	img := c.img
+	if !c.loaded {
+		var err error
+		if img, err = loadImage(bc.tx, c.obj.Type, c.obj.ID); err != nil {
+			return err
+		}
 	}
 	if c.enc == nil {
 		c.enc = encode(c.obj, c.row, bc.src.KeepRows)
@@ -888,7 +894,7 @@ func (e *Engine) applyMapped(bc *batchCtx, m *mapping.Mapping, ch *capture.Chang
 		}
 		return e.remove(bc, m, img, c)
 	}
-	c.obj, c.row = obj, row
+	c.obj, c.row, c.img, c.loaded = obj, row, img, obj.ID == id
 	return e.upsert(bc, m, c)
 }
 

@@ -129,7 +129,9 @@ func decodeImage(v []byte, values bool) (*Image, error) {
 		return img, nil
 	}
 	img.VirkFra = At(time.UnixMicro(h.VirkFra))
-	r := reader{p: h.rest}
+	// One copy (the record lives only as long as the transaction); the
+	// JSON parts are slices of it.
+	r := reader{p: clone(h.rest)}
 	img.Version = r.uvarint()
 	if t := r.micros(); t != nil {
 		img.RegFra = *t
@@ -138,10 +140,9 @@ func decodeImage(v []byte, values bool) (*Image, error) {
 	if img.Open = r.uvarints(); img.Open == nil {
 		img.Open = []uint64{} // as the JSON form had it
 	}
-	// Copies: the record lives only as long as the transaction.
-	img.keysJSON = clone(r.bytes())
-	img.fieldsJSON = clone(r.bytes())
-	img.rowJSON = clone(r.bytes())
+	img.keysJSON = r.bytes()
+	img.fieldsJSON = r.bytes()
+	img.rowJSON = r.bytes()
 	if h.head {
 		img.head = &Version{Version: img.Version, EventID: img.EventID, RegFra: img.RegFra, VirkFra: img.VirkFra,
 			Deleted: img.Deleted, Hash: img.Hash}

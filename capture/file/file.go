@@ -113,7 +113,7 @@ func (s *Source) Run(ctx context.Context, cp []byte, sink capture.Sink) error {
 		switch {
 		case err == nil:
 		case errors.As(err, &ce) && !once:
-			s.log.Warn("file source: snapshot changed while it was read; retrying at the next poll",
+			s.log.Warn("file source: snapshot changed while it was read; retrying at the next poll", "source", s.name,
 				"error", err.Error(), "interval", s.cfg.interval.String())
 		default:
 			return err
@@ -141,7 +141,7 @@ func (s *Source) poll(ctx context.Context, last *checkpoint, first bool, sink ca
 		isNew := s.remember(e.name)
 		if s.cfg.dated && last != nil && e.name <= last.Snapshot {
 			if isNew && !first && e.name < last.Snapshot {
-				s.log.Warn("file source: ignoring a snapshot that arrived after a newer one was applied; snapshots apply in name order, so re-export it under a later name to apply it",
+				s.log.Warn("file source: ignoring a snapshot that arrived after a newer one was applied; snapshots apply in name order, so re-export it under a later name to apply it", "source", s.name,
 					"snapshot", e.name, "last", last.Snapshot)
 			}
 			continue
@@ -151,7 +151,7 @@ func (s *Source) poll(ctx context.Context, last *checkpoint, first bool, sink ca
 			return last, fmt.Errorf("file source %q: %w", s.name, err)
 		}
 		if err := s.settled(snap); err != nil {
-			s.log.Info("file source: waiting for a snapshot to settle", "reason", err.Error())
+			s.log.Info("file source: waiting for a snapshot to settle", "source", s.name, "reason", err.Error())
 			return last, nil // later snapshots wait too: they apply in order
 		}
 		if !s.cfg.dated && last != nil && sameStamps(snap.stamps(), last.Files) {
@@ -371,7 +371,7 @@ func (s *Source) deliver(ctx context.Context, snap *snapshot, sum string, kind r
 	if err := flush(true, b); err != nil {
 		return nil, s.runError(ctx, snap, snapFile{}, err)
 	}
-	s.log.Info("file source: snapshot delivered", "snapshot", snap.name, "id", id,
+	s.log.Info("file source: snapshot delivered", "source", s.name, "snapshot", snap.name, "id", id,
 		"records", total, "initial", kind.initial, "reconcile", kind.reconcile, "duration", time.Since(start).Round(time.Millisecond).String())
 	return cp, nil
 }
@@ -380,7 +380,7 @@ func (s *Source) deliver(ctx context.Context, snap *snapshot, sum string, kind r
 // export would otherwise delete everything.
 func (s *Source) checkCounts(f snapFile, n, unmatched int, counts map[*recordSpec]int) error {
 	if unmatched > 0 {
-		s.log.Info("file source: lines matching no record were skipped", "file", f.display, "lines", unmatched)
+		s.log.Info("file source: lines matching no record were skipped", "source", s.name, "file", f.display, "lines", unmatched)
 	}
 	if s.cfg.allowEmpty {
 		return nil
@@ -489,7 +489,7 @@ func (s *Source) warnOnce(key, msg string, args ...any) {
 	s.warned[key] = true
 	s.mu.Unlock()
 	if !seen {
-		s.log.Warn(msg, args...)
+		s.log.Warn(msg, append([]any{"source", s.name}, args...)...)
 	}
 }
 
