@@ -189,6 +189,17 @@ func checkLength(path string) error {
 	}
 	ps, pgid, txid, ok := read(0)
 	if !ok {
+		// bbolt then looks for the second meta page at each page size it
+		// supports; without one, it may fail with an error that does not
+		// say the file is damaged.
+		for pos := int64(1 << 10); pos <= 16<<20; pos <<= 1 {
+			if _, _, _, ok := read(pos); ok {
+				return nil
+			}
+		}
+		if fi, err := f.Stat(); err == nil && fi.Size() > 0 {
+			return errors.New("no valid metadata page: it is not a state file, or it was overwritten")
+		}
 		return nil
 	}
 	if ps1, pgid1, txid1, ok1 := read(int64(ps)); ok1 && ps1 == ps && txid1 > txid {

@@ -270,6 +270,19 @@ func TestOpenRefuses(t *testing.T) {
 			},
 			want: corrupt,
 		},
+		{
+			// Smaller than two of the file's pages: bbolt alone would say
+			// only "file size too small".
+			name: "garbage of two 4 KiB pages",
+			setup: func(t *testing.T) string {
+				path := filepath.Join(t.TempDir(), "state.db")
+				if err := os.WriteFile(path, bytes.Repeat([]byte("garbage!"), 1024), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				return path
+			},
+			want: corrupt,
+		},
 		// Truncations at several points: inside the first meta page,
 		// between the meta pages, and after both (where bbolt itself
 		// would fault reading the missing pages).
