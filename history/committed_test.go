@@ -2,8 +2,14 @@ package history_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"reflect"
+	"runtime"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/os2sandbox/connector/capture"
 	"github.com/os2sandbox/connector/history"
@@ -66,5 +72,60 @@ func TestCommittedEventsAreTheLoggedOnes(t *testing.T) {
 	}
 	if last := f.lasts[len(f.lasts)-1]; last != uint64(len(logged)) {
 		t.Errorf("last sequence given %d, the log ends at %d", last, len(logged))
+	}
+}
+
+// Batches large enough to be prepared on another goroutine log the same
+// events, in the same order, as small ones; a batch that fails midway
+// commits nothing and leaves no goroutine behind.
+func TestLargeBatches(t *testing.T) {
+	big := func(from, n int, name string) []capture.Change {
+		var out []capture.Change
+		for i := from; i < from+n; i++ {
+			out = append(out, person(capture.OpInsert, fmt.Sprint(i), name+fmt.Sprint(i)))
+		}
+		return out
+	}
+	f := newFixture(t, personMapping(t, false), history.SourceInfo{})
+	f.apply(capture.Batch{TransactionID: "a", Changes: big(0, 300, "A")})
+	f.apply(capture.Batch{TransactionID: "b", Changes: append(big(0, 150, "B"), big(300, 150, "C")...)})
+	evs := f.events()
+	if len(evs) != 600 || len(f.logged) != 600 {
+		t.Fatalf("%d events logged, %d handed over; want 600", len(evs), len(f.logged))
+	}
+	for i, ev := range evs {
+		want := history.OpCreate
+		if i >= 300 && i < 450 {
+			want = history.OpUpdate
+		}
+		if ev.Sequence != uint64(i+1) || ev.Operation != want || f.logged[i].Sequence != ev.Sequence {
+			t.Fatalf("event #%d: sequence %d, %s; want %d, %s", i, ev.Sequence, ev.Operation, i+1, want)
+		}
+		if want == history.OpUpdate && !slices.Equal(ev.Changed, []string{"name"}) {
+			t.Fatalf("event %d changed %v, want [name]", ev.Sequence, ev.Changed)
+		}
+	}
+
+	// A corrupt image halfway through a batch fails it.
+	err := f.db.Update(func(tx *state.Tx) error { return tx.Put(state.Images, state.Key("Person", "100"), []byte{0xff}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	goroutines := runtime.NumGoroutine()
+	err = f.sink.Apply(context.Background(), capture.Batch{TransactionID: "c", Changes: big(0, 300, "D")})
+	if !errors.Is(err, state.ErrCorrupt) {
+		t.Fatalf("Apply over a corrupt image: %v, want ErrCorrupt", err)
+	}
+	if n := len(f.events()); n != 600 {
+		t.Errorf("the failed batch left %d events, want none (600 in all)", n-600)
+	}
+	for range 100 {
+		if runtime.NumGoroutine() <= goroutines {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > goroutines {
+		t.Errorf("%d goroutines after the failed batch, %d before", n, goroutines)
 	}
 }
