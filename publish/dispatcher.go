@@ -314,18 +314,19 @@ func (d *Dispatcher) loop(ctx context.Context, o *output, drain <-chan struct{})
 			return err
 		}
 		if len(batch.events) == 0 && batch.through == cur.Delivered {
-			if err := d.saveCursor(o); err != nil {
-				return err
-			}
 			if draining {
-				return nil
+				return nil // the deferred save writes the cursor
+			}
+			wait, err := d.saveCursorIfDue(o)
+			if err != nil {
+				return err
 			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-o.wake:
 			case <-drain:
-			case <-time.After(time.Second):
+			case <-time.After(wait):
 			}
 			continue
 		}
@@ -603,6 +604,23 @@ func (d *Dispatcher) persist(o *output, also func(*state.Tx) error) error {
 		o.dirty, o.saved = false, time.Now()
 	}
 	return err
+}
+
+// saveCursorIfDue saves the cursor of an idle receiver if it changed and
+// the last save is saveEvery ago, and returns how long to wait at most
+// before looking again. A receiver that keeps up goes idle after each of
+// the engine's commits: a commit of its own each time would double the
+// commits (and fsyncs) and queue behind the engine's.
+func (d *Dispatcher) saveCursorIfDue(o *output) (time.Duration, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.dirty {
+		return time.Second, nil
+	}
+	if left := d.saveEvery - time.Since(o.saved); left > 0 {
+		return min(left, time.Second), nil
+	}
+	return time.Second, d.persist(o, nil)
 }
 
 // cursor returns the receiver's position and its generation.

@@ -1037,7 +1037,7 @@ func TestCursorSaving(t *testing.T) {
 	appendLog(t, db, creates(1, 6)...)
 	r := &fakeReceiver{}
 	d := NewDispatcher(db, nil, quiet())
-	d.saveEvery = time.Hour
+	d.saveEvery = 500 * time.Millisecond
 	if err := d.Add(Config{Name: "r", Batch: 2}, r); err != nil {
 		t.Fatal(err)
 	}
@@ -1057,8 +1057,8 @@ func TestCursorSaving(t *testing.T) {
 	if c, ok := d.Cursor("r"); !ok || c.Delivered != 6 {
 		t.Errorf("live cursor %+v, %v", c, ok)
 	}
-	// Busy: batches confirmed within a second of the last save stay in
-	// memory until the loop goes idle or stops.
+	// Busy: batches confirmed within saveEvery of the last save stay in
+	// memory.
 	var during []uint64
 	r.mu.Lock()
 	r.script = []step{{check: func([]history.Event) { during = append(during, cursor(t, db, "r").Delivered) }},
@@ -1069,6 +1069,25 @@ func TestCursorSaving(t *testing.T) {
 	for len(r.seqs()) < 10 {
 		time.Sleep(5 * time.Millisecond)
 	}
+	// Idle again, but the last save was less than saveEvery ago: the
+	// cursor waits in memory (a commit each time the receiver catches up
+	// would double the engine's commits), and is saved once it is due.
+	time.Sleep(50 * time.Millisecond)
+	if c := cursor(t, db, "r"); c.Delivered != 6 {
+		t.Errorf("saved cursor when idle again within saveEvery = %d, want 6", c.Delivered)
+	}
+	deadline = time.Now().Add(3 * time.Second)
+	for cursor(t, db, "r").Delivered != 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("idle loop left the saved cursor at %d, want 10", cursor(t, db, "r").Delivered)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	appendLog(t, db, creates(11, 1)...)
+	d.Notify(11)
+	for len(r.seqs()) < 11 {
+		time.Sleep(5 * time.Millisecond)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -1076,8 +1095,8 @@ func TestCursorSaving(t *testing.T) {
 	if !slices.Equal(during, []uint64{6, 6}) {
 		t.Errorf("saved cursor during the busy stretch %v, want [6 6] (no commit per batch)", during)
 	}
-	if c := cursor(t, db, "r"); c.Delivered != 10 {
-		t.Errorf("saved cursor after stop = %d, want 10", c.Delivered)
+	if c := cursor(t, db, "r"); c.Delivered != 11 {
+		t.Errorf("saved cursor after stop = %d, want 11", c.Delivered)
 	}
 }
 
