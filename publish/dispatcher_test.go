@@ -1037,7 +1037,7 @@ func TestCursorSaving(t *testing.T) {
 	appendLog(t, db, creates(1, 6)...)
 	r := &fakeReceiver{}
 	d := NewDispatcher(db, nil, quiet())
-	d.saveEvery = 500 * time.Millisecond
+	d.saveEvery = time.Second // idle: every 200 ms
 	if err := d.Add(Config{Name: "r", Batch: 2}, r); err != nil {
 		t.Fatal(err)
 	}
@@ -1069,9 +1069,10 @@ func TestCursorSaving(t *testing.T) {
 	for len(r.seqs()) < 10 {
 		time.Sleep(5 * time.Millisecond)
 	}
-	// Idle again, but the last save was less than saveEvery ago: the
-	// cursor waits in memory (a commit each time the receiver catches up
-	// would double the engine's commits), and is saved once it is due.
+	// Idle again, but the last save was less than a fifth of saveEvery
+	// ago: the cursor waits in memory (a commit each time the receiver
+	// catches up would double the engine's commits), and is saved once it
+	// is due.
 	time.Sleep(50 * time.Millisecond)
 	if c := cursor(t, db, "r"); c.Delivered != 6 {
 		t.Errorf("saved cursor when idle again within saveEvery = %d, want 6", c.Delivered)
