@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"slices"
@@ -127,5 +128,43 @@ func TestLargeBatches(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > goroutines {
 		t.Errorf("%d goroutines after the failed batch, %d before", n, goroutines)
+	}
+}
+
+// A reconcile whose chunks of 2,000 objects hold a few changes hands over
+// those few events without room for 2,000: the dispatcher caches them,
+// and each cached event keeps its whole array alive (a 1,000,000-object
+// drift once held 750 MB that way).
+func TestHandedOverEventsAreTight(t *testing.T) {
+	db, err := state.Open(filepath.Join(t.TempDir(), "state.db"), state.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var lens, caps []int
+	e, err := history.New(db, personMapping(t, false), history.Options{Log: quiet, Committed: func(_ uint64, logged []history.Event) {
+		lens, caps = append(lens, len(logged)), append(caps, cap(logged))
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := e.Sink(history.SourceInfo{Name: "src", Type: "test", ID: "test://src"})
+	apply := func(bs []capture.Batch) {
+		for _, b := range bs {
+			if err := sink.Apply(context.Background(), b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	apply(snapshot("s1", true, people(3000, nil)...))
+	lens, caps = nil, nil
+	apply(snapshot("s2", false, people(3000, map[int]string{5: "A", 2500: "B"})...))
+	if len(lens) == 0 {
+		t.Fatal("the reconcile handed over nothing")
+	}
+	for i := range lens {
+		if caps[i] > 2*lens[i] {
+			t.Errorf("a commit of %d events handed them over in an array for %d", lens[i], caps[i])
+		}
 	}
 }

@@ -273,6 +273,17 @@ type batchCtx struct {
 	keep   int
 }
 
+// handOver returns the events kept for Committed. The dispatcher caches
+// them for a while, and each cached event keeps its whole array alive: a
+// batch whose changes made few events (a reconcile chunk of 2,000 objects
+// with 20 changed) must not keep room for all of them.
+func (bc *batchCtx) handOver() []Event {
+	if len(bc.logged) < cap(bc.logged)/2 {
+		return slices.Clone(bc.logged)
+	}
+	return bc.logged
+}
+
 // committed adds a committed batch's counts; call with e.mu held.
 func (e *Engine) committed(counts map[string]map[string]int) {
 	if e.counts == nil {
@@ -718,7 +729,7 @@ func (s *Sink) Apply(ctx context.Context, b capture.Batch) error {
 			bc.ss.Position = b.Changes[len(b.Changes)-1].Position
 		}
 		bc.ss.LastApplied = Ptr(e.opt.Clock())
-		last, n, counts, logged = bc.seq, bc.events, bc.counts, bc.logged
+		last, n, counts, logged = bc.seq, bc.events, bc.counts, bc.handOver()
 		return SaveSource(tx, s.src.Name, *bc.ss)
 	})
 	if err != nil {

@@ -481,7 +481,6 @@ func (s *Sink) finish(ctx context.Context) error {
 				return err
 			}
 			bc.initial, bc.reconcile = meta.Initial, meta.Reconcile
-			bc.logged = make([]Event, 0, min(e.opt.ChunkSize, bc.keep))
 			switch {
 			case meta.Initial:
 				bc.emission = EmissionBackfill
@@ -499,7 +498,7 @@ func (s *Sink) finish(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			last, n, counts, logged = bc.seq, bc.events, bc.counts, bc.logged
+			last, n, counts, logged = bc.seq, bc.events, bc.counts, bc.handOver()
 			if meta.Phase == "" {
 				// Finished: the run's checkpoint becomes the source's.
 				done = true
