@@ -73,7 +73,7 @@ func getFixture(b *testing.B) *walFixture {
 		f := &walFixture{e: e, slots: map[string]pglogrepl.LSN{}}
 		ctx := context.Background()
 		e.exec("CREATE PUBLICATION wpub FOR TABLE w")
-		slots := []string{"bench_agent", "bench_kafka"}
+		slots := []string{"bench_agent", "bench_kafka", "bench_relay"}
 		for i := 1; i <= rounds; i++ {
 			slots = append(slots, fmt.Sprintf("bench_decode_%d", i), fmt.Sprintf("bench_source_%d", i))
 		}
@@ -230,7 +230,7 @@ func measure(b *testing.B, f *walFixture) {
 			}
 			cpu = cpuTime()
 			peak := heapSampler(b)
-			n, took = sourceRun(b, f, fmt.Sprintf("bench_source_%d", i))
+			n, took = sourceRun(b, f, fmt.Sprintf("bench_source_%d", i), nil)
 			r = consumerResult{rate: float64(n) / took.Seconds(), cpuUS: float64((cpuTime() - cpu).Microseconds()) / float64(n), events: n}
 			measured.peakHeapMiB = max(measured.peakHeapMiB, float64(peak())/(1<<20))
 			if r.rate > measured.source.rate {
@@ -267,9 +267,15 @@ func BenchmarkSourceToDiscardSink(b *testing.B) {
 	b.ReportMetric(measured.rssMiB, "peak-RSS-MiB")
 }
 
-// sourceRun replays the slot through the source with Once into a counting
-// sink.
-func sourceRun(b *testing.B, f *walFixture, slot string) (int, time.Duration) {
+// countingSink is a sink that says how many changes it was given.
+type countingSink interface {
+	capture.Sink
+	count() int64
+}
+
+// sourceRun replays the slot through the source with Once into sink (a
+// countSink if nil).
+func sourceRun(b *testing.B, f *walFixture, slot string, sink countingSink) (int, time.Duration) {
 	ctx := context.Background()
 	var sys, db string
 	if err := f.e.conn.QueryRow(ctx, "SELECT system_identifier::text, current_database() FROM pg_control_system()").Scan(&sys, &db); err != nil {
@@ -289,16 +295,80 @@ func sourceRun(b *testing.B, f *walFixture, slot string) (int, time.Duration) {
 		b.Fatal(err)
 	}
 	cp := checkpoint{SystemID: sys, Database: db, Slot: slot, Timeline: ident.Timeline, LSN: f.slots[slot].String(), Captured: []string{"public.w"}}
-	sink := &countSink{}
+	if sink == nil {
+		sink = &countSink{}
+	}
 	start := time.Now()
 	if err := src.Run(ctx, cp.encode(), sink); err != nil {
 		b.Fatal(err)
 	}
 	took := time.Since(start)
-	if got := sink.changes.Load(); got != int64(f.events) {
+	if got := sink.count(); got != int64(f.events) {
 		b.Fatalf("source delivered %d events, want %d", got, f.events)
 	}
 	return f.events, took
+}
+
+// relaySink is what a stateless relay with durability does: each change
+// as a JSON line (what the WAL gives: no before image, no history), the
+// batch fsynced before the source is acknowledged.
+type relaySink struct {
+	f *os.File
+	w *bufio.Writer
+	n int64
+}
+
+func (s *relaySink) Apply(_ context.Context, b capture.Batch) error {
+	for _, c := range b.Changes {
+		line, err := json.Marshal(map[string]any{"record": c.Record, "op": c.Op.String(), "position": c.Position,
+			"transactionId": c.TransactionID, "values": c.Values})
+		if err != nil {
+			return err
+		}
+		s.w.Write(line)
+		s.w.WriteByte('\n')
+	}
+	s.n += int64(len(b.Changes))
+	if err := s.w.Flush(); err != nil {
+		return err
+	}
+	return s.f.Sync()
+}
+
+func (s *relaySink) count() int64 { return s.n }
+
+var relay struct {
+	once sync.Once
+	rate float64
+}
+
+// measureRelay runs the source into a relaySink once: a second baseline,
+// for how much of the agent's cost is its state and history rather than
+// durability as such.
+func measureRelay(b *testing.B, f *walFixture) float64 {
+	relay.once.Do(func() {
+		file, err := os.Create(filepath.Join(b.TempDir(), "relay.jsonl"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer file.Close()
+		sink := &relaySink{f: file, w: bufio.NewWriterSize(file, 1<<20)}
+		n, took := sourceRun(b, f, "bench_relay", sink)
+		relay.rate = float64(n) / took.Seconds()
+	})
+	return relay.rate
+}
+
+// BenchmarkSourceToDurableFile: the source into a relaySink, the cost of
+// durability without state; ratio = its rate / the decode-only rate.
+func BenchmarkSourceToDurableFile(b *testing.B) {
+	f := getFixture(b)
+	measure(b, f)
+	for range b.N {
+		measureRelay(b, f)
+	}
+	b.ReportMetric(relay.rate, "events/s")
+	b.ReportMetric(relay.rate/measured.decode.rate, "ratio")
 }
 
 func cpuTime() time.Duration {
@@ -418,6 +488,7 @@ func benchAgent(b *testing.B, slot string, receiver func() string, count func(di
 		rate := float64(f.events) / took.Seconds()
 		b.ReportMetric(rate, "events/s")
 		b.ReportMetric(rate/measured.decode.rate, "ratio")
+		b.ReportMetric(rate/measureRelay(b, f), "ratio-to-durable-relay")
 		b.ReportMetric(float64(ru.Maxrss)/1024, "agent-peak-RSS-MiB")
 	}
 }

@@ -453,6 +453,8 @@ type countSink struct {
 	cp      atomic.Value
 }
 
+func (s *countSink) count() int64 { return s.changes.Load() }
+
 func (s *countSink) Apply(_ context.Context, b capture.Batch) error {
 	s.changes.Add(int64(len(b.Changes)))
 	if b.Checkpoint != nil {
