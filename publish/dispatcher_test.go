@@ -553,6 +553,14 @@ func (jsonReceiver) SendsJSON() bool { return true }
 // (the logged bytes in Raw), unless redaction removes a field: then the
 // images are decoded, redacted, and nothing of the logged JSON is sent.
 func TestJSONSenderImages(t *testing.T) {
+	for _, handed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("handed=%v", handed), func(t *testing.T) { testJSONSenderImages(t, handed) })
+	}
+}
+
+// testJSONSenderImages reads the event from the log, or, if handed, from
+// what the engine handed over as it committed it.
+func testJSONSenderImages(t *testing.T, handed bool) {
 	db := newDB(t)
 	appendLog(t, db, event(1, "Bruger", history.OpCreate, nil, map[string]any{"name": "A", "cpr": "010101-0000"}, "cpr", "name"))
 	var logged []byte
@@ -565,6 +573,18 @@ func TestJSONSenderImages(t *testing.T) {
 	}
 	if err := d.Add(Config{Name: "low", Classification: "internal"}, low); err != nil {
 		t.Fatal(err)
+	}
+	if handed {
+		var ev history.Event
+		if err := history.DecodeEventHead(bytes.Clone(logged), &ev); err != nil {
+			t.Fatal(err)
+		}
+		ev.Raw = bytes.Clone(logged)
+		d.Committed(1, []history.Event{ev})
+		// The log no longer has it: what is delivered came from the cache.
+		if err := db.Update(func(tx *state.Tx) error { return tx.Delete(state.Log, state.U64(1)) }); err != nil {
+			t.Fatal(err)
+		}
 	}
 	runOnce(t, d)
 	o := open.confirmed[0]
