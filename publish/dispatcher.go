@@ -122,7 +122,42 @@ type Dispatcher struct {
 // put there. Cached events are never changed: prepare works on copies.
 type eventCache struct {
 	mu   sync.Mutex
-	ring []*history.Event
+	ring []*cachedEvent
+}
+
+// A cachedEvent is an event in the cache. The engine hands its events over
+// with their images still JSON; where a receiver reads images, the first
+// one to need them decodes them, once, rather than the engine's goroutine,
+// which is the agent's one sequential stretch.
+type cachedEvent struct {
+	ev   *history.Event
+	once sync.Once
+	full *history.Event // ev with its images decoded
+	err  error
+}
+
+// newCached wraps ev; decoded says its images are decoded already.
+func newCached(ev *history.Event, decoded bool) *cachedEvent {
+	c := &cachedEvent{ev: ev}
+	if decoded {
+		c.full = ev
+	}
+	return c
+}
+
+// event returns the cached event, with its images decoded unless json.
+func (c *cachedEvent) event(json bool) (*history.Event, error) {
+	if json {
+		return c.ev, nil
+	}
+	c.once.Do(func() {
+		if c.full == nil {
+			e := *c.ev
+			c.err = e.Images()
+			c.full = &e
+		}
+	})
+	return c.full, c.err
 }
 
 // eventCacheSize is the most events cached, two engine batches or so;
@@ -131,30 +166,30 @@ const eventCacheSize = 4096
 
 // run appends to dst the cached events from seq on, in sequence order,
 // up to max of them, stopping at the first not cached.
-func (c *eventCache) run(seq uint64, max int, dst []*history.Event) []*history.Event {
+func (c *eventCache) run(seq uint64, max int, dst []*cachedEvent) []*cachedEvent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for ; len(c.ring) > 0 && max > 0; seq, max = seq+1, max-1 {
-		ev := c.ring[seq%eventCacheSize]
-		if ev == nil || ev.Sequence != seq {
+		ce := c.ring[seq%eventCacheSize]
+		if ce == nil || ce.ev.Sequence != seq {
 			break
 		}
-		dst = append(dst, ev)
+		dst = append(dst, ce)
 	}
 	return dst
 }
 
 // put caches events, each unless its slot holds a newer one.
-func (c *eventCache) put(evs ...*history.Event) {
+func (c *eventCache) put(evs ...*cachedEvent) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ring == nil {
-		c.ring = make([]*history.Event, eventCacheSize)
+		c.ring = make([]*cachedEvent, eventCacheSize)
 	}
-	for _, ev := range evs {
-		slot := &c.ring[ev.Sequence%eventCacheSize]
-		if *slot == nil || (*slot).Sequence < ev.Sequence {
-			*slot = ev
+	for _, ce := range evs {
+		slot := &c.ring[ce.ev.Sequence%eventCacheSize]
+		if *slot == nil || (*slot).ev.Sequence < ce.ev.Sequence {
+			*slot = ce
 		}
 	}
 }
@@ -166,10 +201,11 @@ type output struct {
 	err  error
 
 	// The receiver's cursor lives here while its loop runs, and is saved
-	// to the state at most every cursorSaveEvery, when the loop goes idle
-	// or stops, and at once on a dead letter or an error: a durable
-	// commit per delivered batch would queue behind the engine's. A crash
-	// only means the last second of confirmed events is sent again.
+	// to the state at most every cursorSaveEvery (a fifth of that when
+	// idle), and at once when the loop stops, on a dead letter or on an
+	// error: a durable commit per delivered batch would queue behind the
+	// engine's. A crash only means the last second of confirmed events is
+	// sent again.
 	mu     sync.Mutex
 	cur    Cursor
 	loaded bool
@@ -225,17 +261,11 @@ func (d *Dispatcher) Add(cfg Config, r Receiver) error {
 
 // Committed caches events the engine has just committed and wakes every
 // receiver (history.Options.Committed). It takes the events over and never
-// blocks for long.
+// blocks for long: what receivers need decoded is decoded when they read.
 func (d *Dispatcher) Committed(last uint64, logged []history.Event) {
-	evs := make([]*history.Event, 0, len(logged))
+	evs := make([]*cachedEvent, len(logged))
 	for i := range logged {
-		ev := &logged[i]
-		// What read would make of the logged JSON: images stay JSON only
-		// where every receiver sends JSON.
-		if !d.allJSON && ev.Images() != nil {
-			break // read finds it in the log, and says what is wrong
-		}
-		evs = append(evs, ev)
+		evs[i] = newCached(&logged[i], false)
 	}
 	d.cache.put(evs...)
 	d.Notify(last)
@@ -420,8 +450,12 @@ type readBatch struct {
 func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 	rb := readBatch{through: cur.Delivered, events: make([]history.Event, 0, min(o.cfg.Batch, 512))}
 	looked := 0
-	take := func(ev *history.Event) error {
+	take := func(ce *cachedEvent) error {
 		looked++
+		ev, err := ce.event(d.allJSON)
+		if err != nil {
+			return fmt.Errorf("%w: log event %d: %v", state.ErrCorrupt, ce.ev.Sequence, err)
+		}
 		rb.through = ev.Sequence
 		ev2, ok, err := d.prepare(o.cfg, *ev, cur)
 		if err != nil {
@@ -433,7 +467,7 @@ func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 		return nil
 	}
 	full := func() bool { return len(rb.events) == o.cfg.Batch || looked == 20*o.cfg.Batch }
-	var cached [64]*history.Event
+	var cached [64]*cachedEvent
 	for !full() {
 		run := d.cache.run(rb.through+1, min(len(cached), o.cfg.Batch-len(rb.events), 20*o.cfg.Batch-looked), cached[:0])
 		if len(run) == 0 {
@@ -474,10 +508,11 @@ func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
 			if ev.Sequence != seq {
 				return fmt.Errorf("%w: log event %d has sequence %d", state.ErrCorrupt, seq, ev.Sequence)
 			}
+			ce := newCached(ev, !d.allJSON)
 			if len(d.outs) > 1 {
-				d.cache.put(ev)
+				d.cache.put(ce)
 			}
-			return take(ev)
+			return take(ce)
 		})
 	})
 	return rb, err
