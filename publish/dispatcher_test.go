@@ -1003,13 +1003,33 @@ func TestNotifyWakesRun(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	cancel()
+	if err := runReturns(t, done, 2*time.Second, "Run did not return after cancel"); err != nil {
+		t.Errorf("Run after cancel = %v, want nil", err)
+	}
+}
+
+// runReturns waits for Run's result on done; it fails the test, saying
+// stuck, if none comes within.
+func runReturns(t *testing.T, done <-chan error, within time.Duration, stuck string) error {
+	t.Helper()
 	select {
 	case err := <-done:
-		if err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
+		return err
+	case <-time.After(within):
+		t.Fatal(stuck)
+		return nil
+	}
+}
+
+// waitSaved waits until the state holds receiver name's cursor at n.
+func waitSaved(t *testing.T, db *state.DB, name string, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for cursor(t, db, name).Delivered != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("idle loop left the saved cursor at %d, want %d", cursor(t, db, name).Delivered, n)
 		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Run did not return after cancel")
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -1037,13 +1057,8 @@ func TestRunDrain(t *testing.T) {
 	default:
 	}
 	close(drain)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run = %v", err)
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatal("Run did not return after drain was closed")
+	if err := runReturns(t, done, 3*time.Second, "Run did not return after drain was closed"); err != nil {
+		t.Fatalf("Run = %v", err)
 	}
 	if got := r.seqs(); !slices.Equal(got, seqRange(1, 5)) {
 		t.Errorf("delivered %v, want 1–5: the drain must take what was committed before it", got)
@@ -1064,13 +1079,7 @@ func TestCursorSaving(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, nil) }()
-	deadline := time.Now().Add(3 * time.Second)
-	for cursor(t, db, "r").Delivered != 6 {
-		if time.Now().After(deadline) {
-			t.Fatalf("idle loop left the saved cursor at %d, want 6", cursor(t, db, "r").Delivered)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitSaved(t, db, "r", 6)
 	if got := r.callSeqs(); len(got) != 3 {
 		t.Fatalf("deliveries %v, want 3 batches of 2", got)
 	}
@@ -1097,13 +1106,7 @@ func TestCursorSaving(t *testing.T) {
 	if c := cursor(t, db, "r"); c.Delivered != 6 {
 		t.Errorf("saved cursor when idle again within saveEvery = %d, want 6", c.Delivered)
 	}
-	deadline = time.Now().Add(3 * time.Second)
-	for cursor(t, db, "r").Delivered != 10 {
-		if time.Now().After(deadline) {
-			t.Fatalf("idle loop left the saved cursor at %d, want 10", cursor(t, db, "r").Delivered)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitSaved(t, db, "r", 10)
 	appendLog(t, db, creates(11, 1)...)
 	d.Notify(11)
 	for len(r.seqs()) < 11 {
@@ -1186,13 +1189,8 @@ func TestCancelDuringRetry(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run = %v, want nil after cancel", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Run stuck in its backoff after cancel")
+	if err := runReturns(t, done, 2*time.Second, "Run stuck in its backoff after cancel"); err != nil {
+		t.Errorf("Run = %v, want nil after cancel", err)
 	}
 	if c := cursor(t, db, "r"); c.Delivered != 0 || !strings.Contains(c.LastError, "down") {
 		t.Errorf("cursor %+v", c)
