@@ -24,9 +24,7 @@ func DecodeEvent(b []byte, e *Event) error { return decodeEvent(b, e, false) }
 func DecodeEventHead(b []byte, e *Event) error { return decodeEvent(b, e, true) }
 
 func decodeEvent(b []byte, e *Event, lazy bool) error {
-	// The event's strings are slices of one copy of b: one allocation
-	// instead of one per string.
-	d := decoder{b: b, s: string(b), lazy: lazy}
+	d := newDecoder(b, lazy)
 	d.event(e)
 	d.ws()
 	if d.err == nil && d.p == len(b) {
@@ -40,23 +38,18 @@ var errSyntax = errors.New("unexpected JSON")
 
 type decoder struct {
 	b    []byte
-	s    string // b as a string, if set: strings are sliced from it
+	s    string // b as a string: the strings decoded are slices of it
 	p    int
 	err  error
 	lazy bool // keep images as JSON (DecodeEventHead)
 
-	// name is the current member's name as a string where that costs no
-	// allocation (else ""); see memberName.
+	// name is the name object last passed to member, as a string.
 	name string
 }
 
-// memberName returns the name object passed to member as a string.
-func (d *decoder) memberName(name []byte) string {
-	if d.name != "" {
-		return d.name
-	}
-	return string(name)
-}
+// newDecoder decodes b. The strings it returns share one copy of b: one
+// allocation instead of one per string.
+func newDecoder(b []byte, lazy bool) decoder { return decoder{b: b, s: string(b), lazy: lazy} }
 
 func (d *decoder) fail() {
 	if d.err == nil {
@@ -115,10 +108,7 @@ func (d *decoder) object(member func(name []byte)) {
 		switch {
 		case d.err != nil:
 		case plain:
-			name, d.name = d.b[start:end], ""
-			if d.s != "" {
-				d.name = d.s[start:end]
-			}
+			name, d.name = d.b[start:end], d.s[start:end]
 		default:
 			d.name = d.unquote(start, end)
 			name = []byte(d.name)
@@ -222,10 +212,8 @@ func (d *decoder) str() string {
 		return ""
 	case !plain:
 		return d.unquote(start, end)
-	case d.s != "":
-		return d.s[start:end]
 	}
-	return string(d.b[start:end])
+	return d.s[start:end]
 }
 
 func (d *decoder) number() []byte {
@@ -306,8 +294,8 @@ func (d *decoder) stringMap() map[string]string {
 		return nil
 	}
 	out := map[string]string{}
-	d.object(func(name []byte) {
-		k := d.memberName(name)
+	d.object(func([]byte) {
+		k := d.name
 		out[k] = d.str()
 	})
 	return out
@@ -331,8 +319,8 @@ func (d *decoder) value() any {
 	switch c := d.peek(); {
 	case c == '{':
 		m := map[string]any{}
-		d.object(func(name []byte) {
-			k := d.memberName(name)
+		d.object(func([]byte) {
+			k := d.name
 			m[k] = d.value()
 		})
 		return m
@@ -353,10 +341,7 @@ func (d *decoder) value() any {
 	case c == '-' || (c >= '0' && c <= '9'):
 		start := d.p
 		d.number()
-		if d.s != "" {
-			return json.Number(d.s[start:d.p])
-		}
-		return json.Number(d.b[start:d.p])
+		return json.Number(d.s[start:d.p])
 	}
 	d.fail()
 	return nil

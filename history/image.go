@@ -242,7 +242,7 @@ func decodeObject(b []byte) (map[string]any, error) {
 	if len(b) == 0 || string(b) == "null" {
 		return nil, nil
 	}
-	d := decoder{b: b, s: string(b)}
+	d := newDecoder(b, false)
 	if m := d.image(); d.err == nil {
 		if d.ws(); d.p == len(b) && m != nil {
 			return m, nil
