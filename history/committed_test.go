@@ -168,3 +168,28 @@ func TestHandedOverEventsAreTight(t *testing.T) {
 		}
 	}
 }
+
+// KeepLogged below zero hands no events over; Committed still says where
+// the log ends.
+func TestKeepLoggedNone(t *testing.T) {
+	db, err := state.Open(filepath.Join(t.TempDir(), "state.db"), state.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var last uint64
+	var handed int
+	e, err := history.New(db, personMapping(t, false), history.Options{Log: quiet, KeepLogged: -1,
+		Committed: func(l uint64, logged []history.Event) { last, handed = l, handed+len(logged) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = e.Sink(history.SourceInfo{Name: "src", Type: "test", ID: "test://src"}).Apply(context.Background(),
+		capture.Batch{Changes: []capture.Change{person(capture.OpInsert, "1", "A"), person(capture.OpInsert, "2", "B")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last != 2 || handed != 0 {
+		t.Errorf("Committed got last %d and %d events, want 2 and none", last, handed)
+	}
+}

@@ -327,7 +327,7 @@ func (e *Engine) begin(tx *state.Tx, src *SourceInfo, txid string) (*batchCtx, e
 	}
 	bc := &batchCtx{tx: tx, src: src, ss: &ss, seq: seq, txid: txid, emission: EmissionLive}
 	if e.opt.Committed != nil {
-		bc.keep = e.opt.KeepLogged
+		bc.keep = max(e.opt.KeepLogged, 0)
 	}
 	return bc, nil
 }
