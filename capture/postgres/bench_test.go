@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -73,7 +74,7 @@ func getFixture(b *testing.B) *walFixture {
 		f := &walFixture{e: e, slots: map[string]pglogrepl.LSN{}}
 		ctx := context.Background()
 		e.exec("CREATE PUBLICATION wpub FOR TABLE w")
-		slots := []string{"bench_agent", "bench_kafka", "bench_relay"}
+		slots := []string{"bench_agent", "bench_kafka", "bench_relay", "bench_statelog"}
 		for i := 1; i <= rounds; i++ {
 			slots = append(slots, fmt.Sprintf("bench_decode_%d", i), fmt.Sprintf("bench_source_%d", i))
 		}
@@ -205,9 +206,30 @@ func decodeOnly(b *testing.B, f *walFixture, slot string) (events int, took time
 const rounds = 3
 
 type consumerResult struct {
-	rate   float64 // events per wall-clock second
-	cpuUS  float64 // process CPU (user+system) µs per event
-	events int
+	rate     float64 // events per wall-clock second
+	cpuUS    float64 // process CPU (user+system) µs per event
+	serverUS float64 // the PostgreSQL server's CPU µs per event (its walsender, mostly)
+	events   int
+}
+
+// ceiling is the rate at which the consumer and the server together would
+// use every core of the machine: what no amount of overlap could beat
+// without spending less CPU per event.
+func (r consumerResult) ceiling() float64 {
+	return float64(runtime.NumCPU()) * 1e6 / (r.cpuUS + r.serverUS)
+}
+
+// timed measures run's rate and its process and server CPU per event;
+// run returns the events it consumed and how long that took.
+func timed(f *walFixture, run func() (int, time.Duration)) consumerResult {
+	cpu, server := cpuTime(), serverCPU(f.e.pg.Dir)
+	n, took := run()
+	return consumerResult{
+		rate:     float64(n) / took.Seconds(),
+		cpuUS:    float64((cpuTime() - cpu).Microseconds()) / float64(n),
+		serverUS: float64((serverCPU(f.e.pg.Dir) - server).Microseconds()) / float64(n),
+		events:   n,
+	}
 }
 
 var measured struct {
@@ -219,19 +241,15 @@ var measured struct {
 func measure(b *testing.B, f *walFixture) {
 	measured.once.Do(func() {
 		for i := 1; i <= rounds; i++ {
-			cpu := cpuTime()
-			n, took := decodeOnly(b, f, fmt.Sprintf("bench_decode_%d", i))
-			if n != f.events {
-				b.Fatalf("decode-only saw %d events, want %d", n, f.events)
+			r := timed(f, func() (int, time.Duration) { return decodeOnly(b, f, fmt.Sprintf("bench_decode_%d", i)) })
+			if r.events != f.events {
+				b.Fatalf("decode-only saw %d events, want %d", r.events, f.events)
 			}
-			r := consumerResult{rate: float64(n) / took.Seconds(), cpuUS: float64((cpuTime() - cpu).Microseconds()) / float64(n), events: n}
 			if r.rate > measured.decode.rate {
 				measured.decode = r
 			}
-			cpu = cpuTime()
 			peak := heapSampler(b)
-			n, took = sourceRun(b, f, fmt.Sprintf("bench_source_%d", i), nil)
-			r = consumerResult{rate: float64(n) / took.Seconds(), cpuUS: float64((cpuTime() - cpu).Microseconds()) / float64(n), events: n}
+			r = timed(f, func() (int, time.Duration) { return sourceRun(b, f, fmt.Sprintf("bench_source_%d", i), nil) })
 			measured.peakHeapMiB = max(measured.peakHeapMiB, float64(peak())/(1<<20))
 			if r.rate > measured.source.rate {
 				measured.source = r
@@ -247,8 +265,7 @@ func BenchmarkDecodeOnly(b *testing.B) {
 	for range b.N {
 		measure(b, f)
 	}
-	b.ReportMetric(measured.decode.rate, "events/s")
-	b.ReportMetric(measured.decode.cpuUS, "cpu-µs/event")
+	reportCPU(b, measured.decode)
 	b.ReportMetric(float64(f.events), "events")
 }
 
@@ -260,8 +277,7 @@ func BenchmarkSourceToDiscardSink(b *testing.B) {
 	for range b.N {
 		measure(b, f)
 	}
-	b.ReportMetric(measured.source.rate, "events/s")
-	b.ReportMetric(measured.source.cpuUS, "cpu-µs/event")
+	reportCPU(b, measured.source)
 	b.ReportMetric(measured.source.rate/measured.decode.rate, "ratio")
 	b.ReportMetric(measured.peakHeapMiB, "peak-heap-MiB")
 	b.ReportMetric(measured.rssMiB, "peak-RSS-MiB")
@@ -339,7 +355,7 @@ func (s *relaySink) count() int64 { return s.n }
 
 var relay struct {
 	once sync.Once
-	rate float64
+	consumerResult
 }
 
 // measureRelay runs the source into a relaySink once: a second baseline,
@@ -353,8 +369,7 @@ func measureRelay(b *testing.B, f *walFixture) float64 {
 		}
 		defer file.Close()
 		sink := &relaySink{f: file, w: bufio.NewWriterSize(file, 1<<20)}
-		n, took := sourceRun(b, f, "bench_relay", sink)
-		relay.rate = float64(n) / took.Seconds()
+		relay.consumerResult = timed(f, func() (int, time.Duration) { return sourceRun(b, f, "bench_relay", sink) })
 	})
 	return relay.rate
 }
@@ -367,8 +382,107 @@ func BenchmarkSourceToDurableFile(b *testing.B) {
 	for range b.N {
 		measureRelay(b, f)
 	}
-	b.ReportMetric(relay.rate, "events/s")
+	reportCPU(b, relay.consumerResult)
 	b.ReportMetric(relay.rate/measured.decode.rate, "ratio")
+}
+
+// stateLogSink is the least a consumer that keeps a bbolt log does: each
+// change as a JSON line appended to the state file's log, one write
+// transaction per batch with the checkpoint, fsynced before the source is
+// acknowledged. No images, no versions, no diff.
+type stateLogSink struct {
+	db  *state.DB
+	seq uint64
+	n   int64
+}
+
+func (s *stateLogSink) Apply(_ context.Context, b capture.Batch) error {
+	err := s.db.Update(func(tx *state.Tx) error {
+		for _, c := range b.Changes {
+			line, err := json.Marshal(map[string]any{"record": c.Record, "op": c.Op.String(), "position": c.Position,
+				"transactionId": c.TransactionID, "values": c.Values})
+			if err != nil {
+				return err
+			}
+			s.seq++
+			if err := tx.Put(state.Log, state.U64(s.seq), line); err != nil {
+				return err
+			}
+		}
+		return tx.Put(state.Checkpoints, []byte("pg"), b.Checkpoint)
+	})
+	if err == nil {
+		s.n += int64(len(b.Changes))
+	}
+	return err
+}
+
+func (s *stateLogSink) count() int64 { return s.n }
+
+// BenchmarkSourceToStateLog: the source into a stateLogSink (a state file
+// with our page size); ratio = its rate / the decode-only rate. With the
+// relay, it shows what the single bbolt transaction per batch costs by
+// itself, before any history.
+func BenchmarkSourceToStateLog(b *testing.B) {
+	f := getFixture(b)
+	measure(b, f)
+	for range b.N {
+		db, err := state.Open(filepath.Join(b.TempDir(), "state.db"), state.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := timed(f, func() (int, time.Duration) { return sourceRun(b, f, "bench_statelog", &stateLogSink{db: db}) })
+		db.Close()
+		reportCPU(b, r)
+		b.ReportMetric(r.rate/measured.decode.rate, "ratio")
+	}
+}
+
+// reportCPU reports a consumer's rate, CPU per event (its own and the
+// server's) and its CPU ceiling on this machine.
+func reportCPU(b *testing.B, r consumerResult) {
+	b.ReportMetric(r.rate, "events/s")
+	b.ReportMetric(r.cpuUS, "cpu-µs/event")
+	b.ReportMetric(r.serverUS, "server-cpu-µs/event")
+	b.ReportMetric(r.ceiling(), "cpu-ceiling-events/s")
+}
+
+// serverCPU is the CPU time the PostgreSQL cluster in dir has used: its
+// processes' and, through the postmaster's children's times, those of
+// backends that have exited (a walsender ends with its connection).
+func serverCPU(dir string) time.Duration {
+	pidFile, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	postmaster := strings.SplitN(string(pidFile), "\n", 2)[0]
+	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var ticks int64
+	for _, p := range procs {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// Fields after the command's closing parenthesis: state ppid … utime
+		// stime cutime cstime are the 2nd and 12th–15th.
+		i := bytes.LastIndexByte(data, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(data[i+1:]))
+		pid := strings.TrimSuffix(filepath.Base(filepath.Dir(p)), "/")
+		if len(fields) < 15 || (pid != postmaster && fields[1] != postmaster) {
+			continue
+		}
+		for j, k := range []int{11, 12, 13, 14} {
+			if j >= 2 && pid != postmaster {
+				break // children's times only from the postmaster
+			}
+			v, _ := strconv.ParseInt(fields[k], 10, 64)
+			ticks += v
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 
 func cpuTime() time.Duration {
@@ -472,6 +586,7 @@ func benchAgent(b *testing.B, slot string, receiver func() string, count func(di
 		cmd.Dir = dir
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
+		server := serverCPU(f.e.pg.Dir)
 		start := time.Now()
 		if err := cmd.Run(); err != nil {
 			b.Fatalf("connector run --once: %v\n%s", err, out.String())
@@ -485,8 +600,14 @@ func benchAgent(b *testing.B, slot string, receiver func() string, count func(di
 		if n != f.events {
 			b.Fatalf("the receiver got %d distinct events, want %d\n%s", n, f.events, out.String())
 		}
-		rate := float64(f.events) / took.Seconds()
-		b.ReportMetric(rate, "events/s")
+		r := consumerResult{
+			rate:     float64(f.events) / took.Seconds(),
+			cpuUS:    float64((time.Duration(ru.Utime.Nano()) + time.Duration(ru.Stime.Nano())).Microseconds()) / float64(f.events),
+			serverUS: float64((serverCPU(f.e.pg.Dir) - server).Microseconds()) / float64(f.events),
+			events:   f.events,
+		}
+		rate := r.rate
+		reportCPU(b, r)
 		b.ReportMetric(rate/measured.decode.rate, "ratio")
 		b.ReportMetric(rate/measureRelay(b, f), "ratio-to-durable-relay")
 		b.ReportMetric(float64(ru.Maxrss)/1024, "agent-peak-RSS-MiB")
