@@ -212,6 +212,10 @@ type output struct {
 	gen    uint64 // bumped by MoveCursor: a batch read before is not advanced over
 	dirty  bool   // cur is ahead of the state
 	saved  time.Time
+
+	// events is read's buffer, reused by each read: the loop is its only
+	// user and a receiver does not keep events after Deliver returns.
+	events []history.Event
 }
 
 // cursorSaveEvery bounds how much confirmed delivery a crash forgets.
@@ -448,7 +452,11 @@ type readBatch struct {
 // read takes up to Batch events after cur, filtered and redacted: from
 // the cache as far as it holds them, then from the log.
 func (d *Dispatcher) read(o *output, cur Cursor) (readBatch, error) {
-	rb := readBatch{through: cur.Delivered, events: make([]history.Event, 0, min(o.cfg.Batch, 512))}
+	if o.events == nil {
+		o.events = make([]history.Event, 0, min(o.cfg.Batch, 512))
+	}
+	rb := readBatch{through: cur.Delivered, events: o.events[:0]}
+	defer func() { o.events = rb.events[:0] }()
 	looked := 0
 	take := func(ce *cachedEvent) error {
 		looked++

@@ -27,8 +27,8 @@ type Receiver interface {
 	// *PartialError says how many leading events were confirmed, a
 	// *RejectedError names an event the destination refuses for good.
 	// Redelivery after an error resends the same events with the same ids.
-	// Deliver must not modify the events: they may be shared with other
-	// receivers.
+	// Deliver must not modify the events, which may be shared with other
+	// receivers, nor keep them after it returns: their slice is reused.
 	Deliver(ctx context.Context, events []history.Event) error
 	// Close releases connections; buffered events must already be confirmed.
 	Close() error
