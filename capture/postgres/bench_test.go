@@ -336,8 +336,7 @@ type relaySink struct {
 
 func (s *relaySink) Apply(_ context.Context, b capture.Batch) error {
 	for _, c := range b.Changes {
-		line, err := json.Marshal(map[string]any{"record": c.Record, "op": c.Op.String(), "position": c.Position,
-			"transactionId": c.TransactionID, "values": c.Values})
+		line, err := relayLine(c)
 		if err != nil {
 			return err
 		}
@@ -352,6 +351,13 @@ func (s *relaySink) Apply(_ context.Context, b capture.Batch) error {
 }
 
 func (s *relaySink) count() int64 { return s.n }
+
+// relayLine is a change as a relay would write it: what the WAL gives, no
+// before image, no history.
+func relayLine(c capture.Change) ([]byte, error) {
+	return json.Marshal(map[string]any{"record": c.Record, "op": c.Op.String(), "position": c.Position,
+		"transactionId": c.TransactionID, "values": c.Values})
+}
 
 var relay struct {
 	once sync.Once
@@ -399,8 +405,7 @@ type stateLogSink struct {
 func (s *stateLogSink) Apply(_ context.Context, b capture.Batch) error {
 	err := s.db.Update(func(tx *state.Tx) error {
 		for _, c := range b.Changes {
-			line, err := json.Marshal(map[string]any{"record": c.Record, "op": c.Op.String(), "position": c.Position,
-				"transactionId": c.TransactionID, "values": c.Values})
+			line, err := relayLine(c)
 			if err != nil {
 				return err
 			}
