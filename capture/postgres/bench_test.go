@@ -475,15 +475,16 @@ func serverCPU(dir string) time.Duration {
 			continue
 		}
 		fields := strings.Fields(string(data[i+1:]))
-		pid := strings.TrimSuffix(filepath.Base(filepath.Dir(p)), "/")
+		pid := filepath.Base(filepath.Dir(p))
 		if len(fields) < 15 || (pid != postmaster && fields[1] != postmaster) {
 			continue
 		}
-		for j, k := range []int{11, 12, 13, 14} {
-			if j >= 2 && pid != postmaster {
-				break // children's times only from the postmaster
-			}
-			v, _ := strconv.ParseInt(fields[k], 10, 64)
+		times := fields[11:13] // utime, stime
+		if pid == postmaster {
+			times = fields[11:15] // and its exited children's
+		}
+		for _, t := range times {
+			v, _ := strconv.ParseInt(t, 10, 64)
 			ticks += v
 		}
 	}
