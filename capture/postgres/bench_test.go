@@ -224,10 +224,15 @@ func (r consumerResult) ceiling() float64 {
 func timed(f *walFixture, run func() (int, time.Duration)) consumerResult {
 	cpu, server := cpuTime(), serverCPU(f.e.pg.Dir)
 	n, took := run()
+	return result(n, took, cpuTime()-cpu, serverCPU(f.e.pg.Dir)-server)
+}
+
+// result is n events consumed in took, using cpu and the server's CPU.
+func result(n int, took, cpu, server time.Duration) consumerResult {
 	return consumerResult{
 		rate:     float64(n) / took.Seconds(),
-		cpuUS:    float64((cpuTime() - cpu).Microseconds()) / float64(n),
-		serverUS: float64((serverCPU(f.e.pg.Dir) - server).Microseconds()) / float64(n),
+		cpuUS:    float64(cpu.Microseconds()) / float64(n),
+		serverUS: float64(server.Microseconds()) / float64(n),
 		events:   n,
 	}
 }
@@ -494,6 +499,11 @@ func serverCPU(dir string) time.Duration {
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return rusageCPU(&ru)
+}
+
+// rusageCPU is the user and system time in ru.
+func rusageCPU(ru *syscall.Rusage) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
@@ -606,16 +616,10 @@ func benchAgent(b *testing.B, slot string, receiver func() string, count func(di
 		if n != f.events {
 			b.Fatalf("the receiver got %d distinct events, want %d\n%s", n, f.events, out.String())
 		}
-		r := consumerResult{
-			rate:     float64(f.events) / took.Seconds(),
-			cpuUS:    float64((time.Duration(ru.Utime.Nano()) + time.Duration(ru.Stime.Nano())).Microseconds()) / float64(f.events),
-			serverUS: float64((serverCPU(f.e.pg.Dir) - server).Microseconds()) / float64(f.events),
-			events:   f.events,
-		}
-		rate := r.rate
+		r := result(f.events, took, rusageCPU(ru), serverCPU(f.e.pg.Dir)-server)
 		reportCPU(b, r)
-		b.ReportMetric(rate/measured.decode.rate, "ratio")
-		b.ReportMetric(rate/measureRelay(b, f), "ratio-to-durable-relay")
+		b.ReportMetric(r.rate/measured.decode.rate, "ratio")
+		b.ReportMetric(r.rate/measureRelay(b, f), "ratio-to-durable-relay")
 		b.ReportMetric(float64(ru.Maxrss)/1024, "agent-peak-RSS-MiB")
 	}
 }
