@@ -68,7 +68,7 @@ var (
 	ErrLocked       = errors.New("state file is locked by another process")
 	ErrNewerFormat  = errors.New("state file was written by a newer connector")
 	ErrCorrupt      = errors.New("state file is corrupt or not a connector state")
-	ErrNotFound     = errors.New("state file does not exist")
+	ErrNotFound     = errors.New("no state yet")
 	ErrUnwritable   = errors.New("state file cannot be created")
 	errFormatAbsent = errors.New("no format version")
 )
@@ -111,8 +111,12 @@ func Open(path string, opt Options) (*DB, error) {
 		opt.PageSize = DefaultPageSize
 	}
 	if opt.ReadOnly {
-		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		fi, err := os.Stat(path)
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s (run `connector run` once to create it, or check `state:` in the config)", ErrNotFound, path)
+		}
+		if err == nil && fi.Size() == 0 {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, uninitialised(path))
 		}
 	} else if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -239,7 +243,13 @@ func (db *DB) init(readOnly bool) error {
 		return nil
 	}
 	if readOnly {
-		err := db.bolt.View(check)
+		err := db.bolt.View(func(tx *bolt.Tx) error {
+			err := check(tx)
+			if errors.Is(err, errFormatAbsent) && isEmpty(tx) {
+				return fmt.Errorf("%w: %s", ErrNotFound, uninitialised(db.path))
+			}
+			return err
+		})
 		if errors.Is(err, errFormatAbsent) {
 			return fmt.Errorf("%w: %s has no connector metadata (is it another program's bbolt file?)", ErrCorrupt, db.path)
 		}
@@ -257,9 +267,7 @@ func (db *DB) init(readOnly bool) error {
 		}
 		// A file without metadata must be new and empty, never another
 		// program's database that we would start writing into.
-		empty := true
-		_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
-		if !empty {
+		if !isEmpty(tx) {
 			return fmt.Errorf("%w: %s has no connector metadata (is it another program's bbolt file?)", ErrCorrupt, db.path)
 		}
 		for _, b := range allBuckets {
@@ -280,6 +288,21 @@ func (db *DB) init(readOnly bool) error {
 		}
 		return nil
 	})
+}
+
+// isEmpty reports whether the file holds no bucket at all: bbolt created it
+// and nothing was committed yet.
+func isEmpty(tx *bolt.Tx) bool {
+	empty := true
+	_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+	return empty
+}
+
+// uninitialised describes a state file that exists but was never written:
+// the agent stopped (or was killed) between creating it and its first
+// commit. Not damage: the next `connector run` initialises it.
+func uninitialised(path string) string {
+	return path + " exists but is empty (the agent stopped before its first commit; `connector run` initialises it)"
 }
 
 // Path returns the file's path.

@@ -68,6 +68,29 @@ func boltEdit(t *testing.T, path string, fn func(*bolt.Tx) error) {
 	}
 }
 
+// TestOpenInitialisesEmptyFile: an agent killed between bbolt creating the
+// file and its first commit leaves an empty file (zero bytes, or bbolt's
+// meta pages only); the next run must initialise it, not refuse it.
+func TestOpenInitialisesEmptyFile(t *testing.T) {
+	for name, create := range map[string]func(string){
+		"zero bytes": func(path string) {
+			if err := os.WriteFile(path, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"bbolt meta only": func(path string) { boltEdit(t, path, func(*bolt.Tx) error { return nil }) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "state.db")
+			create(path)
+			db := open(t, path, Options{})
+			if _, err := uuid.Parse(db.Installation()); err != nil {
+				t.Fatalf("installation %q: %v", db.Installation(), err)
+			}
+		})
+	}
+}
+
 func TestOpenCreatesMeta(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sub", "dir", "state.db")
 	db := open(t, path, Options{})
@@ -326,6 +349,30 @@ func TestOpenRefuses(t *testing.T) {
 			setup: func(t *testing.T) string { return filepath.Join(t.TempDir(), "nope.db") },
 			opt:   Options{ReadOnly: true},
 			want:  check{ErrNotFound, []string{"nope.db", "connector run"}},
+		},
+		{
+			// Killed between bbolt creating the file and the first commit:
+			// status must not call that damage.
+			name: "read-only, created but never initialised",
+			setup: func(t *testing.T) string {
+				path := filepath.Join(t.TempDir(), "state.db")
+				boltEdit(t, path, func(*bolt.Tx) error { return nil })
+				return path
+			},
+			opt:  Options{ReadOnly: true},
+			want: check{ErrNotFound, []string{"exists but is empty", "connector run"}},
+		},
+		{
+			name: "read-only, zero bytes",
+			setup: func(t *testing.T) string {
+				path := filepath.Join(t.TempDir(), "state.db")
+				if err := os.WriteFile(path, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				return path
+			},
+			opt:  Options{ReadOnly: true},
+			want: check{ErrNotFound, []string{"exists but is empty"}},
 		},
 		{
 			name:  "unwritable directory",
