@@ -19,6 +19,11 @@
 //     timeout; the dispatcher redelivers the rest. After a lost connection
 //     or a timeout the connection is dropped and the next Deliver dials
 //     again, so a broker restart costs a retry, not the receiver.
+//     Messages are pipelined (up to 4096 before their confirmations are
+//     awaited), so the messages after a returned or nacked one may already
+//     be on their queues; the redelivery sends them again. Their first
+//     copies then precede the first copy of the returned one: consumers
+//     that need the order use the event's sequence or object version.
 //   - HTTP: a 2xx answer confirms the request's events. 408, 425, 429 and
 //     5xx are retried (the dispatcher's backoff, and no request before a
 //     Retry-After the server gave); so are 401, 403, 404 and the like,
