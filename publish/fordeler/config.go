@@ -277,7 +277,10 @@ func (s *settings) checkHTTP(at func(...string) *yaml.Node, bad badFunc) error {
 		return bad(at("http"), "e.g. url: https://receiver.example.dk/events", "http.url is missing")
 	}
 	u, err := url.Parse(h.URL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+	if err != nil {
+		return bad(at("http", "url"), "an absolute https:// URL", "http.url: %s", redactErr(err, h.URL))
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return bad(at("http", "url"), "an absolute https:// URL", "http.url %q is not an http(s) URL", u.Redacted())
 	}
 	if u.User != nil {
