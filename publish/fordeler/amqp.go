@@ -193,6 +193,7 @@ func (t *amqpTransport) publish(ctx context.Context, msgs []message) (int, error
 		// A return comes before its ack, so it is in the buffer by now.
 		t.drainReturns(returned)
 		if ret, ok := returned[msgs[i].eventID]; ok {
+			t.settle(wait, confirms[i+1:])
 			return i, t.unroutable(ret)
 		}
 		switch {
@@ -203,6 +204,7 @@ func (t *amqpTransport) publish(ctx context.Context, msgs []message) (int, error
 			if cerr := t.closeReason(); cerr != nil {
 				return i, cerr
 			}
+			t.settle(wait, confirms[i+1:])
 			return i, fmt.Errorf("fordeler receiver %q: the broker refused (nack) event %s (sequence %d); it is retried (a queue's overflow=reject-publish or a broker problem, see the broker's log)",
 				t.r.name, msgs[i].eventID, msgs[i].sequence)
 		}
@@ -215,6 +217,20 @@ func (t *amqpTransport) publish(ctx context.Context, msgs []message) (int, error
 		return len(confirms), t.r.explain("publish", pubErr)
 	}
 	return len(confirms), nil
+}
+
+// settle waits (until ctx ends) for the confirmations of the rest of a
+// window that Deliver gives up on, and discards their returns: a later
+// Deliver must not take them for returns of its own messages, which have
+// the same ids. Should ctx end first, the connection is dropped instead.
+func (t *amqpTransport) settle(ctx context.Context, rest []*amqp.DeferredConfirmation) {
+	for _, dc := range rest {
+		if _, err := dc.WaitContext(ctx); err != nil {
+			t.drop()
+			return
+		}
+	}
+	t.drainReturns(map[string]amqp.Return{})
 }
 
 func (t *amqpTransport) drainReturns(into map[string]amqp.Return) {

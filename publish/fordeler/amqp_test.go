@@ -145,6 +145,9 @@ func TestAMQPUnroutable(t *testing.T) {
 	r := openReceiver(t, nil, amqpConfig(ex))
 	events := batch(1, 10)
 	events[6] = ev(7, "Department", "d1", history.OpCreate)
+	// A second unroutable one in the same window: its return must not be
+	// taken for a return of its redelivery once a queue is bound.
+	events[8] = ev(9, "Department", "d2", history.OpCreate)
 	err := r.Deliver(context.Background(), events)
 	var pe *publish.PartialError
 	if !errors.As(err, &pe) || pe.Confirmed != 6 {
