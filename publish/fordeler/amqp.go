@@ -24,6 +24,7 @@ type amqpTransport struct {
 	ch       *amqp.Channel
 	returns  chan amqp.Return
 	chClosed chan *amqp.Error
+	blocked  chan amqp.Blocking // the broker's connection.blocked/unblocked
 }
 
 func (t *amqpTransport) config() amqp.Config {
@@ -64,14 +65,14 @@ func (t *amqpTransport) dial(ctx context.Context) (*amqp.Connection, *amqp.Chann
 	case <-ctx.Done():
 		go func() {
 			if res := <-done; res.c != nil {
-				res.c.Close()
+				closeConn(res.c)
 			}
 		}()
 		return nil, nil, ctx.Err()
 	case <-time.After(2 * t.r.s.Timeout):
 		go func() {
 			if res := <-done; res.c != nil {
-				res.c.Close()
+				closeConn(res.c)
 			}
 		}()
 		return nil, nil, fmt.Errorf("no answer within %s: %w", 2*t.r.s.Timeout, context.DeadlineExceeded)
@@ -81,7 +82,7 @@ func (t *amqpTransport) dial(ctx context.Context) (*amqp.Connection, *amqp.Chann
 	}
 	ch, err := res.c.Channel()
 	if err != nil {
-		res.c.Close()
+		closeConn(res.c)
 		return nil, nil, err
 	}
 	return res.c, ch, nil
@@ -98,16 +99,17 @@ func (t *amqpTransport) connect(ctx context.Context) error {
 		return t.r.explain("connect to "+t.r.s.url.Redacted(), err)
 	}
 	if err := t.declare(ch); err != nil {
-		conn.Close()
+		closeConn(conn)
 		return err
 	}
 	if err := ch.Confirm(false); err != nil {
-		conn.Close()
+		closeConn(conn)
 		return t.r.explain("confirm mode", err)
 	}
 	t.conn, t.ch = conn, ch
 	t.returns = ch.NotifyReturn(make(chan amqp.Return, window))
 	t.chClosed = ch.NotifyClose(make(chan *amqp.Error, 1))
+	t.blocked = conn.NotifyBlocked(make(chan amqp.Blocking, 16))
 	t.r.log.Info("fordeler receiver: connected", "url", t.r.s.url.Redacted(), "exchange", t.r.s.AMQP.Exchange)
 	return nil
 }
@@ -134,12 +136,21 @@ func (t *amqpTransport) declare(ch *amqp.Channel) error {
 	return nil
 }
 
+// closeWait bounds closing a connection: a broker that blocks publishers
+// (a memory or disk alarm) reads nothing, not even the close.
+const closeWait = 2 * time.Second
+
+// closeConn closes c, waiting at most closeWait for the broker's answer.
+func closeConn(c *amqp.Connection) {
+	_ = c.CloseDeadline(time.Now().Add(closeWait))
+}
+
 // drop closes the connection; the next deliver dials again.
 func (t *amqpTransport) drop() {
 	if t.conn != nil {
-		t.conn.Close()
+		closeConn(t.conn)
 	}
-	t.conn, t.ch, t.returns, t.chClosed = nil, nil, nil, nil
+	t.conn, t.ch, t.returns, t.chClosed, t.blocked = nil, nil, nil, nil, nil
 }
 
 func (t *amqpTransport) close() error {
@@ -198,8 +209,12 @@ func (t *amqpTransport) publish(ctx context.Context, msgs []message) (int, error
 		}
 		switch {
 		case err != nil:
+			what := fmt.Sprintf("no publisher confirmation for event %d (sequence %d) within timeout %s", i, msgs[i].sequence, t.r.s.Timeout)
+			if b := t.isBlocked(); b != "" {
+				what += "; the broker blocks publishers (" + b + "): a memory or disk alarm, see rabbitmqctl status or ask the broker's operator"
+			}
 			t.drop() // unknown what the broker has; start afresh
-			return i, t.r.explain(fmt.Sprintf("no publisher confirmation for event %d (sequence %d) within timeout %s", i, msgs[i].sequence, t.r.s.Timeout), err)
+			return i, t.r.explain(what, err)
 		case !acked:
 			if cerr := t.closeReason(); cerr != nil {
 				return i, cerr
@@ -247,6 +262,26 @@ func (t *amqpTransport) drainReturns(into map[string]amqp.Return) {
 	}
 }
 
+// isBlocked returns the reason the broker gave when it last blocked the
+// connection and has not unblocked it since; "" when it is not blocked.
+func (t *amqpTransport) isBlocked() string {
+	reason := ""
+	for {
+		select {
+		case b, ok := <-t.blocked:
+			if !ok {
+				return reason
+			}
+			reason = ""
+			if b.Active {
+				reason = b.Reason
+			}
+		default:
+			return reason
+		}
+	}
+}
+
 // closeReason explains a channel or connection the broker closed, and
 // drops it; nil when it is open.
 func (t *amqpTransport) closeReason() error {
@@ -280,7 +315,7 @@ func (t *amqpTransport) check(ctx context.Context) error {
 	if err != nil {
 		return t.r.explain("connect to "+t.r.s.url.Redacted(), err)
 	}
-	defer conn.Close()
+	defer closeConn(conn)
 	a := t.r.s.AMQP
 	if a.Exchange == "" {
 		return nil // the default exchange always exists

@@ -377,3 +377,73 @@ func TestAMQPBrokerKilled(t *testing.T) {
 	}
 	t.Logf("killed after %d events; %d messages, %d duplicates", killedAt, len(got), len(got)-len(order))
 }
+
+// TestAMQPNack: a queue that is full with overflow reject-publish nacks;
+// the messages before count as confirmed and the error says what it is.
+func TestAMQPNack(t *testing.T) {
+	const ex, q = "nack.ex", "nack.q"
+	admin(t, func(ch *amqp.Channel) error {
+		if err := ch.ExchangeDeclare(ex, "topic", false, true, false, false, nil); err != nil {
+			return err
+		}
+		if _, err := ch.QueueDeclare(q, false, true, false, false, amqp.Table{"x-max-length": int32(3), "x-overflow": "reject-publish"}); err != nil {
+			return err
+		}
+		return ch.QueueBind(q, "#", ex, false, nil)
+	})
+	r := openReceiver(t, nil, amqpConfig(ex))
+	err := r.Deliver(context.Background(), batch(1, 5))
+	var pe *publish.PartialError
+	if !errors.As(err, &pe) || pe.Confirmed != 3 || !strings.Contains(err.Error(), "nack") {
+		t.Fatalf("Deliver = %v, want 3 confirmed, then a nack", err)
+	}
+	drain(t, q)
+	if err := r.Deliver(context.Background(), batch(4, 2)); err != nil {
+		t.Fatalf("after the queue had room: %v", err)
+	}
+}
+
+// TestAMQPConfirmTimeout: a broker that stops confirming (a memory alarm
+// blocks publishers) makes Deliver give up after timeout with nothing
+// confirmed; once the alarm clears, the retry delivers.
+func TestAMQPConfirmTimeout(t *testing.T) {
+	ex, q := exchangeWithQueue(t)
+	r := openReceiver(t, nil, strings.Replace(amqpConfig(ex), "timeout: 5s", "timeout: 2s", 1))
+	if err := r.Deliver(context.Background(), batch(1, 1)); err != nil { // connected
+		t.Fatal(err)
+	}
+	if _, err := mq.Ctl("set_vm_memory_high_watermark", "0"); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if _, err := mq.Ctl("set_vm_memory_high_watermark", "0.4"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer restore()
+	time.Sleep(500 * time.Millisecond) // the alarm reaches the connection
+	start := time.Now()
+	err := r.Deliver(context.Background(), batch(2, 5))
+	t.Log(err)
+	if err == nil || publish.Confirmed(err) != 0 || !strings.Contains(err.Error(), "within timeout 2s") || !strings.Contains(err.Error(), "blocks publishers") {
+		t.Fatalf("Deliver = %v, want no confirmation within timeout", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("Deliver took %v with timeout 2s", d)
+	}
+	restore()
+	if err := r.Deliver(context.Background(), batch(2, 5)); err != nil {
+		t.Fatalf("after the alarm: %v", err)
+	}
+	seen := map[string]bool{}
+	for _, d := range drain(t, q) {
+		seen[d.MessageId] = true
+	}
+	if len(seen) != 6 {
+		t.Fatalf("%d distinct events in the queue, want 6", len(seen))
+	}
+}
