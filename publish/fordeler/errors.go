@@ -62,9 +62,15 @@ func (r *Receiver) hint(err error) string {
 		return "nothing listens there: is " + server + " running, and are the url's host and port right?"
 	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
 		return "no answer within timeout; " + server + " is down, unreachable or overloaded"
-	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
-		if r.s.TLS == nil && r.s.url.Scheme != "amqps" && r.s.url.Scheme != "https" {
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		tlsOn := r.s.TLS != nil || r.s.url.Scheme == "amqps" || r.s.url.Scheme == "https"
+		switch {
+		case !tlsOn:
 			return server + " closed the connection; if its port wants TLS, use amqps:// or https://"
+		case r.s.TLS == nil || r.s.TLS.CertFile == "":
+			// With TLS 1.3 a refused client certificate can show as a
+			// reset instead of the "certificate required" alert.
+			return server + " closed the connection; if it wants a client certificate, set tls.cert_file and tls.key_file"
 		}
 		return server + " closed the connection"
 	case errors.As(err, &opErr) && opErr.Op == "dial":
