@@ -57,7 +57,7 @@ func CompactLog(ctx context.Context, db *state.DB, c Compaction) (CompactStats, 
 		// the scan; whether an event is superseded never reverts, so the
 		// choice stays valid, and the floor is checked again below.
 		var drop []uint64
-		done := false
+		done, scanned := false, st.Scanned
 		err := db.View(func(tx *state.Tx) error {
 			floor, err := c.Through(tx)
 			if err != nil {
@@ -95,7 +95,9 @@ func CompactLog(ctx context.Context, db *state.DB, c Compaction) (CompactStats, 
 				if img != nil && (img.Deleted || img.EventID != ev.EventID) && !kept[seq] {
 					drop = append(drop, seq)
 				}
-				if len(drop) == c.Chunk {
+				// Short read transactions too: a long one would hold up
+				// bbolt's remapping when the engine grows the file.
+				if len(drop) == c.Chunk || st.Scanned-scanned == 10*c.Chunk {
 					done = false
 					return state.ErrStop
 				}
