@@ -89,7 +89,12 @@ func query(c *client.Conn, q string, args ...any) ([][]*string, error) {
 			if row[j].Type == gomysql.FieldValueTypeNull {
 				continue
 			}
-			v := row[j].String()
+			var v string
+			if row[j].Type == gomysql.FieldValueTypeString {
+				v = string(row[j].AsString())
+			} else {
+				v = row[j].String()
+			}
 			out[i][j] = &v
 		}
 	}
