@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
@@ -214,9 +215,18 @@ func (s *Source) continuity(c *client.Conn, srv *server, cp checkpoint) (string,
 		return "", nil
 	}
 	first := str(logs[0][0])
-	rows, err = query(c, "SELECT BINLOG_GTID_POS(?, 4)", first)
-	if err == nil && len(rows) == 1 {
-		if start, err := parsePos(str(rows[0][0])); err == nil && !at.covers(start) {
+	// A binlog file starts with the GTID position before it (its
+	// Gtid_list event).
+	rows, err = query(c, "SHOW BINLOG EVENTS IN "+quoteLiteral(first)+" LIMIT 4")
+	if err != nil {
+		return "", errTransient{fmt.Errorf("%s: SHOW BINLOG EVENTS IN %s: %w", s.where(), first, err)}
+	}
+	for _, r := range rows {
+		if len(r) < 6 || str(r[2]) != "Gtid_list" {
+			continue
+		}
+		list := strings.Trim(str(r[5]), "[]")
+		if start, err := parsePos(list); err == nil && !at.covers(start) {
 			return fmt.Sprintf("the server purged binlogs the agent had not read: the oldest, %s, starts after GTID %q, the checkpoint is %s", first, start.String(), cp.GTID), nil
 		}
 	}
