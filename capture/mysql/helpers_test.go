@@ -395,3 +395,18 @@ func sameRows(t testing.TB, what string, got, want map[string]map[string]any) {
 }
 
 var errSimulated = errors.New("simulated crash before commit")
+
+type yamlNode struct{ n *yaml.Node }
+
+func (d *yamlNode) parse(t testing.TB, s string) {
+	t.Helper()
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(s), &n); err != nil {
+		t.Fatal(err)
+	}
+	d.n = n.Content[0]
+}
+
+func optsFor(e *env) capture.Options {
+	return capture.Options{Name: e.name, File: "test.yaml", Log: &memLog{}}
+}
