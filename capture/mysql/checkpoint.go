@@ -151,14 +151,6 @@ func (p pos) String() string {
 	return strings.Join(parts, ",")
 }
 
-func (p pos) clone() pos {
-	out := make(pos, len(p))
-	for d, g := range p {
-		out[d] = g
-	}
-	return out
-}
-
 // contains reports whether transaction g is at or before p.
 func (p pos) contains(g gtid) bool {
 	have, ok := p[g.Domain]
