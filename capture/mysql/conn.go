@@ -256,8 +256,9 @@ func quoteLiteral(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(s) + "'"
 }
 
-// slogLogger forwards go-mysql's warnings and errors to the source's log
-// (its info lines are chatter: connection set-up, configuration dumps).
+// slogHandler hands go-mysql's warnings and errors to the source's log at
+// debug level: its errors are lost connections, which Run reports itself
+// (with the retry), and its info lines are set-up chatter.
 type slogHandler struct {
 	s     *Source
 	attrs []slog.Attr
@@ -274,12 +275,6 @@ func (h slogHandler) Handle(_ context.Context, r slog.Record) error {
 		args = append(args, a.Key, a.Value.String())
 		return true
 	})
-	if r.Level >= slog.LevelError {
-		// go-mysql logs a lost connection as an error; Run handles and
-		// reports it.
-		h.s.log.Debug(r.Message, args...)
-		return nil
-	}
 	h.s.log.Debug(r.Message, args...)
 	return nil
 }

@@ -124,14 +124,9 @@ func (s *Source) stream(ctx context.Context, meta *client.Conn, srv *server, cp 
 	if ctx.Err() != nil {
 		return st.cp, nil, nil
 	}
-	if err != nil && !errors.Is(err, errStop) && !errors.Is(err, errPause) {
-		var b errBroken
-		if !errors.As(err, &b) && !isTransient(err) {
-			var ae applyError
-			if errors.As(err, &ae) {
-				return st.cp, nil, fmt.Errorf("%s: %w", s.where(), ae.error)
-			}
-		}
+	var ae applyError
+	if errors.As(err, &ae) {
+		return st.cp, nil, fmt.Errorf("%s: %w", s.where(), ae.error)
 	}
 	return st.cp, st.req, err
 }
