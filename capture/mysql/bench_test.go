@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/capturetest"
 )
 
 // binlogFixture is one binlog of inserts, updates and deletes on a table,
@@ -212,21 +212,6 @@ func BenchmarkBinlog(b *testing.B) {
 		b.ReportMetric(raw, "raw-events/s")
 		b.ReportMetric(agent, "source-events/s")
 		b.ReportMetric(agent/raw, "ratio")
-		b.ReportMetric(vmHWM(), "peak-RSS-MiB")
+		b.ReportMetric(capturetest.PeakRSS(), "peak-RSS-MiB")
 	}
-}
-
-// vmHWM is the process's peak resident set (MiB).
-func vmHWM() float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			kb, _ := strconv.Atoi(strings.Fields(line)[1])
-			return float64(kb) / 1024
-		}
-	}
-	return 0
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // server is what the checks learned about the server.
@@ -194,7 +195,7 @@ func (s *Source) inspect(ctx context.Context, c *client.Conn) (*server, []error,
 			return nil, nil, err
 		}
 		if t == nil {
-			db, _, _ := splitTable(name)
+			db, _, _ := sqltable.Split(name)
 			add("table %s does not exist (or user %s may not see it); check tables:, or run GRANT SELECT ON %s.* TO %s",
 				name, srv.User, quoteIdent(db), account)
 			continue
@@ -275,7 +276,7 @@ func (s *Source) tableProblems(t *tableInfo, user string) []error {
 // inspectTable reads a table's engine, columns and key; nil if it does not
 // exist (or is not visible).
 func (s *Source) inspectTable(c *client.Conn, name string) (*tableInfo, error) {
-	db, table, _ := splitTable(name)
+	db, table, _ := sqltable.Split(name)
 	rows, err := query(c, `SELECT TABLE_TYPE, COALESCE(ENGINE, '') FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?`, db, table)
 	if err != nil {
 		return nil, errTransient{fmt.Errorf("%s: read table %s: %w", s.where(), name, err)}

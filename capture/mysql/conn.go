@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // tlsMode is the effective TLS mode: the configured one, else verify-full,
@@ -248,7 +249,7 @@ func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``")
 
 // quoteTable quotes "db.table".
 func quoteTable(t string) string {
-	db, table, _ := splitTable(t)
+	db, table, _ := sqltable.Split(t)
 	return quoteIdent(db) + "." + quoteIdent(table)
 }
 

@@ -1,47 +1,19 @@
 package mysql
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
-)
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
+	"github.com/os2sandbox/connector/capture/capturetest"
+	"github.com/os2sandbox/connector/publish/file/filetest"
 )
-
-// connectorBinary builds cmd/connector once per test process.
-func connectorBinary(t testing.TB) string {
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "connector-mysql-e2e")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "connector")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/os2sandbox/connector/cmd/connector").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("build cmd/connector: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
 
 // agentConfig is an agent's configuration for one table of e, mapped to
 // typ with fields, and a file receiver writing ./events.jsonl.
@@ -69,15 +41,6 @@ receivers:
     start: beginning
     classification: internal
 `, e.m.Port, table, typ, table, fields)
-}
-
-func runAgentOnce(t testing.TB, bin, dir string) {
-	t.Helper()
-	cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("connector run --once: %v\n%s", err, out)
-	}
 }
 
 type event struct {
@@ -110,15 +73,13 @@ func readEvents(t testing.TB, path string) []event {
 // then an insert, an update and a delete become one event each, with full
 // before and after images.
 func TestThroughAgent(t *testing.T) {
-	bin := connectorBinary(t)
+	bin := capturetest.Binary(t)
 	e := newEnv(t, "CREATE TABLE person (id int PRIMARY KEY, name varchar(20), age int)", "INSERT INTO person VALUES (1, 'Anne', 40), (2, 'Bo', 31)")
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(agentConfig(e, e.table("person"), "Person", "{name: name, age: age}")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	runAgentOnce(t, bin, dir)
+	capturetest.WriteConfig(t, dir, agentConfig(e, e.table("person"), "Person", "{name: name, age: age}"))
+	capturetest.RunOnce(t, bin, dir)
 	e.exec("INSERT INTO person VALUES (3, 'Cai', 22)", "UPDATE person SET age = 41 WHERE id = 1", "DELETE FROM person WHERE id = 2")
-	runAgentOnce(t, bin, dir)
+	capturetest.RunOnce(t, bin, dir)
 	evs := readEvents(t, filepath.Join(dir, "events.jsonl"))
 	var got []string
 	for _, x := range evs {
@@ -147,15 +108,13 @@ func TestKill9(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("MY_KILL_CHANGES")); err == nil && v > 0 {
 		changes = v
 	}
-	bin := connectorBinary(t)
+	bin := capturetest.Binary(t)
 	const seed = 1000
 	e := newEnv(t, "CREATE TABLE person (id int PRIMARY KEY, name varchar(20), n int)",
 		fmt.Sprintf("INSERT INTO person SELECT seq, CONCAT('p', seq), 0 FROM seq_1_to_%d", seed))
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(agentConfig(e, e.table("person"), "Person", "{name: name, n: n}")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	runAgentOnce(t, bin, dir)
+	capturetest.WriteConfig(t, dir, agentConfig(e, e.table("person"), "Person", "{name: name, n: n}"))
+	capturetest.RunOnce(t, bin, dir)
 
 	var inserted, updated, deleted int
 	done := make(chan struct{})
@@ -210,63 +169,28 @@ func TestKill9(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
 	kills := 0
 	for kills < 20 {
-		cmd := exec.Command(bin, "run", "-c", "connector.yaml")
-		cmd.Dir = dir
-		var se bytes.Buffer
-		cmd.Stderr = &se
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Duration(200+rng.IntN(1300)) * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		capturetest.RunAndKill(t, bin, dir, time.Duration(200+rng.IntN(1300))*time.Millisecond)
 		kills++
-		if strings.Contains(se.String(), "level=ERROR") {
-			t.Fatalf("agent reported an error before kill %d:\n%s", kills, se.String())
-		}
 	}
 	<-done
 	if t.Failed() {
 		return
 	}
-	runAgentOnce(t, bin, dir)
+	capturetest.RunOnce(t, bin, dir)
 
 	want := seed + inserted + updated + deleted
-	f, err := os.Open(filepath.Join(dir, "events.jsonl"))
-	if err != nil {
-		t.Fatal(err)
+	lines, dups := filetest.Delivered(t, filepath.Join(dir, "events.jsonl"))
+	if len(lines) != want {
+		t.Fatalf("%d events, want %d (%d snapshot + %d inserts + %d updates + %d deletes)",
+			len(lines), want, seed, inserted, updated, deleted)
 	}
-	defer f.Close()
-	bySeq := map[uint64]string{}
-	ids := map[string]bool{}
 	last := map[string]event{}
-	dups := 0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
+	for _, l := range lines {
 		var x event
-		if err := json.Unmarshal(sc.Bytes(), &x); err != nil {
-			t.Fatalf("events.jsonl: %v", err)
+		if err := json.Unmarshal([]byte(l), &x); err != nil {
+			t.Fatal(err)
 		}
-		if prev, ok := bySeq[x.Sequence]; ok {
-			dups++
-			if prev != sc.Text() {
-				t.Fatalf("sequence %d delivered twice with different content:\n%s\n%s", x.Sequence, prev, sc.Text())
-			}
-			continue
-		}
-		bySeq[x.Sequence] = sc.Text()
-		ids[x.EventID] = true
 		last[x.Object.ID] = x
-	}
-	for seq := uint64(1); seq <= uint64(want); seq++ {
-		if _, ok := bySeq[seq]; !ok {
-			t.Fatalf("sequence %d missing (want %d events: %d snapshot + %d inserts + %d updates + %d deletes)", seq, want, seed, inserted, updated, deleted)
-		}
-	}
-	if len(bySeq) != want || len(ids) != want {
-		t.Fatalf("%d sequences and %d event ids, want %d (%d snapshot + %d inserts + %d updates + %d deletes)",
-			len(bySeq), len(ids), want, seed, inserted, updated, deleted)
 	}
 	rows, err := query(e.conn, "SELECT id, n FROM person")
 	if err != nil {

@@ -33,6 +33,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 	"github.com/os2sandbox/connector/configs"
 )
 
@@ -182,43 +183,15 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 2000
 	}
-	tables := cfg.Tables
-	if len(tables) == 0 {
-		tables = opts.Records
+	naming := sqltable.Naming{Qualifier: "database", Examples: [2]string{"hr.person", "hr.unit"}}
+	tables, err := naming.List(sqltable.Setting{File: opts.File, Node: node, At: at, Where: where,
+		Tables: cfg.Tables, Records: opts.Records, Keys: cfg.Keys})
+	if err != nil {
+		return nil, err
 	}
-	if len(tables) == 0 {
-		return nil, configs.Errorf(opts.File, node, `e.g. tables: [hr.person, hr.unit]`,
-			"%s: no tables: list them under tables, or map records from this source", where)
-	}
-	seen := map[string]bool{}
-	for _, t := range tables {
-		if _, _, ok := splitTable(t); !ok {
-			return nil, configs.Errorf(opts.File, at("tables"), `write the database too, e.g. "hr.person"`,
-				"%s: table %q is not database-qualified", where, t)
-		}
-		if !seen[t] {
-			seen[t] = true
-			s.tables = append(s.tables, t)
-		}
-	}
-	for _, r := range opts.Records {
-		if !seen[r] {
-			return nil, configs.Errorf(opts.File, at("tables"), fmt.Sprintf("add %q to tables", r),
-				"%s: the mappings read record %q, which is not among the captured tables", where, r)
-		}
-	}
-	for t, cols := range cfg.Keys {
-		if !seen[t] {
-			return nil, configs.Errorf(opts.File, at("keys"), "keys are given per captured table",
-				"%s: keys names table %q, which is not captured", where, t)
-		}
-		if len(cols) == 0 {
-			return nil, configs.Errorf(opts.File, at("keys"), "list the key columns, e.g. [id]",
-				"%s: keys for %q is empty", where, t)
-		}
-	}
+	s.tables = tables
 	if cfg.Database == "" {
-		cfg.Database, _, _ = splitTable(s.tables[0])
+		cfg.Database, _, _ = sqltable.Split(s.tables[0])
 	}
 	s.cfg = cfg
 	return s, nil
@@ -232,12 +205,6 @@ func serverIDFor(name string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte("connector/" + name))
 	return 1<<30 | h.Sum32()&(1<<30-1)
-}
-
-// splitTable splits "database.table"; names are taken literally.
-func splitTable(t string) (db, table string, ok bool) {
-	db, table, ok = strings.Cut(t, ".")
-	return db, table, ok && db != "" && table != ""
 }
 
 func keyNode(node *yaml.Node, key string) *yaml.Node {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/capturetest"
 )
 
 // writer runs transactions of inserts, updates and deletes until halted.
@@ -61,15 +62,15 @@ func (w *writer) halt() {
 }
 
 // converged waits until the sink's rows equal the table.
-func converged(t testing.TB, e *env, src *Source, sink *memSink, table string) {
+func converged(t testing.TB, e *env, src *Source, sink *capturetest.Sink, table string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		want := e.tableRows(src, sink, table)
-		got := sink.snapshotOf(table)
+		got := sink.Rows(table)
 		if len(got) == len(want) || time.Now().After(deadline) {
 			time.Sleep(300 * time.Millisecond)
-			sameRows(t, table, sink.snapshotOf(table), e.tableRows(src, sink, table))
+			capturetest.SameRows(t, table, sink.Rows(table), e.tableRows(src, sink, table))
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -95,31 +96,29 @@ func TestSeamUnderConcurrentWrites(t *testing.T) {
 	defer w.halt()
 	time.Sleep(200 * time.Millisecond)
 	src, _ := e.source("tables: ["+table+"]", "snapshot_chunk_size: 500", "batch_size: 50")
-	sink := newSink(map[string][]string{table: {"id"}})
+	sink := capturetest.NewSink(map[string][]string{table: {"id"}})
 	r := start(t, src, sink, nil)
-	waitFor(t, 30*time.Second, "the initial snapshot", sink.snapshotDone)
+	capturetest.WaitFor(t, 30*time.Second, "the initial snapshot", sink.SnapshotDone)
 	time.Sleep(time.Second)
-	r.stop()
+	r.Stop()
 	// A crash: the next batch fails before it is durable.
 	var crashed atomic.Bool
-	sink.mu.Lock()
-	sink.onApply = func(b capture.Batch) error {
+	sink.SetOnApply(func(b capture.Batch) error {
 		if len(b.Changes) > 0 && !crashed.Load() {
 			crashed.Store(true)
-			return errSimulated
+			return capturetest.ErrSimulated
 		}
 		return nil
-	}
-	sink.mu.Unlock()
+	})
 	src2, _ := e.source("tables: ["+table+"]", "batch_size: 50")
-	if err := src2.Run(context.Background(), sink.checkpoint(), sink); err == nil || !strings.Contains(err.Error(), "simulated") {
+	if err := src2.Run(context.Background(), sink.Checkpoint(), sink); err == nil || !strings.Contains(err.Error(), "simulated") {
 		t.Fatalf("Run after a failing Apply: %v", err)
 	}
-	start(t, src2, sink, sink.checkpoint())
+	start(t, src2, sink, sink.Checkpoint())
 	time.Sleep(time.Second)
 	w.halt()
 	converged(t, e, src2, sink, table)
-	sink.noProblems(t)
+	sink.NoProblems(t)
 	if w.count.Load() < 100 {
 		t.Fatalf("only %d writes", w.count.Load())
 	}
@@ -131,32 +130,30 @@ func TestLargeTransactionResume(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE t (id int PRIMARY KEY, n int)")
 	table := e.table("t")
 	src, _ := e.source("tables: ["+table+"]", "batch_size: 100")
-	sink := newSink(map[string][]string{table: {"id"}})
+	sink := capturetest.NewSink(map[string][]string{table: {"id"}})
 	r := start(t, src, sink, nil)
-	waitFor(t, 30*time.Second, "the initial snapshot", sink.snapshotDone)
+	capturetest.WaitFor(t, 30*time.Second, "the initial snapshot", sink.SnapshotDone)
 	var fails atomic.Int32
-	sink.mu.Lock()
-	sink.onApply = func(b capture.Batch) error {
+	sink.SetOnApply(func(b capture.Batch) error {
 		if len(b.Changes) > 0 && b.Snapshot == nil {
 			if fails.Add(1) == 4 {
-				return errSimulated
+				return capturetest.ErrSimulated
 			}
 		}
 		return nil
-	}
-	sink.mu.Unlock()
+	})
 	e.exec("INSERT INTO t SELECT seq, 0 FROM seq_1_to_1000")
-	if err, ok := r.exited(20 * time.Second); !ok || err == nil {
+	if err, ok := r.Exited(20 * time.Second); !ok || err == nil {
 		t.Fatalf("Run did not stop at the failing Apply: %v", err)
 	}
-	cp, _ := decodeCheckpoint(sink.checkpoint())
+	cp, _ := decodeCheckpoint(sink.Checkpoint())
 	if cp.Tx == nil || cp.Tx.Next != 300 {
 		t.Fatalf("checkpoint inside the transaction = %+v", cp.Tx)
 	}
 	src2, _ := e.source("tables: ["+table+"]", "batch_size: 100")
-	start(t, src2, sink, sink.checkpoint())
-	waitFor(t, 20*time.Second, "1000 rows", func() bool { return len(sink.snapshotOf(table)) == 1000 })
-	sink.noProblems(t)
+	start(t, src2, sink, sink.Checkpoint())
+	capturetest.WaitFor(t, 20*time.Second, "1000 rows", func() bool { return len(sink.Rows(table)) == 1000 })
+	sink.NoProblems(t)
 }
 
 // Binlogs purged while the agent was down: the epoch breaks and a
@@ -166,10 +163,10 @@ func TestBinlogPurgedWhileDown(t *testing.T) {
 	seed(e, 10)
 	table := e.table("t")
 	src, _ := e.source("tables: [" + table + "]")
-	sink := newSink(map[string][]string{table: {"id"}})
+	sink := capturetest.NewSink(map[string][]string{table: {"id"}})
 	r := start(t, src, sink, nil)
-	waitFor(t, 30*time.Second, "the initial snapshot", sink.snapshotDone)
-	r.stop()
+	capturetest.WaitFor(t, 30*time.Second, "the initial snapshot", sink.SnapshotDone)
+	r.Stop()
 	e.exec("UPDATE t SET n = 5 WHERE id = 1", "DELETE FROM t WHERE id = 2", "FLUSH BINARY LOGS")
 	rows, err := query(e.conn, "SHOW BINARY LOGS")
 	if err != nil {
@@ -178,23 +175,23 @@ func TestBinlogPurgedWhileDown(t *testing.T) {
 	last := str(rows[len(rows)-1][0])
 	// The server keeps a file its replica threads still read: the first
 	// Run's dump thread may linger for a moment.
-	waitFor(t, 10*time.Second, "the purge", func() bool {
+	capturetest.WaitFor(t, 10*time.Second, "the purge", func() bool {
 		e.exec("PURGE BINARY LOGS TO '" + last + "'")
 		rows, err := query(e.conn, "SHOW BINARY LOGS")
 		return err == nil && len(rows) == 1
 	})
 	src2, log := e.source("tables: [" + table + "]")
-	start(t, src2, sink, sink.checkpoint())
-	waitFor(t, 30*time.Second, "a reconcile", func() bool {
-		for _, b := range sink.all() {
+	start(t, src2, sink, sink.Checkpoint())
+	capturetest.WaitFor(t, 30*time.Second, "a reconcile", func() bool {
+		for _, b := range sink.Batches() {
 			if b.EpochBreak != "" && b.Snapshot != nil && b.Snapshot.Begin && b.Snapshot.Reconcile {
 				return strings.Contains(b.EpochBreak, "purged")
 			}
 		}
 		return false
 	})
-	waitFor(t, 10*time.Second, "the reconcile's end", func() bool { return sink.all()[len(sink.all())-1].Snapshot != nil })
-	if !log.has("continuity with the checkpoint is broken") {
+	capturetest.WaitFor(t, 10*time.Second, "the reconcile's end", func() bool { return sink.Batches()[len(sink.Batches())-1].Snapshot != nil })
+	if !log.Has("continuity with the checkpoint is broken") {
 		t.Error("no warning about the break in the log")
 	}
 	e.exec("INSERT INTO t VALUES (100, 1)")
@@ -207,20 +204,20 @@ func TestResetMasterWhileDown(t *testing.T) {
 	seed(e, 10)
 	table := e.table("t")
 	src, _ := e.source("tables: [" + table + "]")
-	sink := newSink(map[string][]string{table: {"id"}})
+	sink := capturetest.NewSink(map[string][]string{table: {"id"}})
 	r := start(t, src, sink, nil)
-	waitFor(t, 30*time.Second, "the initial snapshot", sink.snapshotDone)
+	capturetest.WaitFor(t, 30*time.Second, "the initial snapshot", sink.SnapshotDone)
 	e.exec("UPDATE t SET n = 1 WHERE id = 1")
-	waitFor(t, 10*time.Second, "the update", func() bool { return len(sink.streamed()) == 1 })
-	r.stop()
+	capturetest.WaitFor(t, 10*time.Second, "the update", func() bool { return len(sink.Streamed()) == 1 })
+	r.Stop()
 	e.exec("RESET MASTER")
 	for i := 0; i < 30; i++ {
 		e.exec(fmt.Sprintf("UPDATE t SET n = n + 1 WHERE id = %d", 1+i%10))
 	}
 	src2, _ := e.source("tables: [" + table + "]")
-	start(t, src2, sink, sink.checkpoint())
-	waitFor(t, 30*time.Second, "an epoch break", func() bool {
-		for _, b := range sink.all() {
+	start(t, src2, sink, sink.Checkpoint())
+	capturetest.WaitFor(t, 30*time.Second, "an epoch break", func() bool {
+		for _, b := range sink.Batches() {
 			if b.EpochBreak != "" {
 				return true
 			}
@@ -236,9 +233,9 @@ func TestServerRestart(t *testing.T) {
 	seed(e, 100)
 	table := e.table("t")
 	src, log := e.source("tables: ["+table+"]", "heartbeat_interval: 1s")
-	sink := newSink(map[string][]string{table: {"id"}})
+	sink := capturetest.NewSink(map[string][]string{table: {"id"}})
 	start(t, src, sink, nil)
-	waitFor(t, 30*time.Second, "the initial snapshot", sink.snapshotDone)
+	capturetest.WaitFor(t, 30*time.Second, "the initial snapshot", sink.SnapshotDone)
 	e.exec("UPDATE t SET n = 1 WHERE id <= 10")
 	e.conn.Close()
 	if err := e.m.Restart(); err != nil {
@@ -251,10 +248,10 @@ func TestServerRestart(t *testing.T) {
 	e.conn = c
 	e.exec("UPDATE t SET n = 2 WHERE id > 90", "DELETE FROM t WHERE id = 50")
 	converged(t, e, src, sink, table)
-	if !log.has("reconnecting") {
+	if !log.Has("reconnecting") {
 		t.Error("no reconnect in the log")
 	}
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }
 
 // Schema changes mid-stream are followed; TRUNCATE empties the table.
@@ -262,25 +259,25 @@ func TestSchemaChangeAndTruncate(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE t (id int PRIMARY KEY, a varchar(10), b int)", "INSERT INTO t VALUES (1, 'x', 1)")
 	table := e.table("t")
 	src, log := e.source("tables: [" + table + "]")
-	sink := newSink(map[string][]string{table: {"id"}})
+	sink := capturetest.NewSink(map[string][]string{table: {"id"}})
 	start(t, src, sink, nil)
-	waitFor(t, 30*time.Second, "the initial snapshot", sink.snapshotDone)
+	capturetest.WaitFor(t, 30*time.Second, "the initial snapshot", sink.SnapshotDone)
 	e.exec("ALTER TABLE t ADD COLUMN c varchar(10) DEFAULT 'new'", "INSERT INTO t VALUES (2, 'y', 2, 'z')",
 		"ALTER TABLE t DROP COLUMN b", "UPDATE t SET a = 'q' WHERE id = 1")
-	waitFor(t, 10*time.Second, "2 changes", func() bool { return len(sink.streamed()) >= 2 })
-	ch := sink.streamed()
+	capturetest.WaitFor(t, 10*time.Second, "2 changes", func() bool { return len(sink.Streamed()) >= 2 })
+	ch := sink.Streamed()
 	if got := ch[0].Values; fmt.Sprint(got) != "map[a:y b:2 c:z id:2]" {
 		t.Errorf("insert after ADD COLUMN = %v", got)
 	}
 	if got := ch[1].Values; fmt.Sprint(got) != "map[a:q c:new id:1]" {
 		t.Errorf("update after DROP COLUMN = %v", got)
 	}
-	waitFor(t, 5*time.Second, "the schema change in the log", func() bool { return log.has("dropped column b") })
+	capturetest.WaitFor(t, 5*time.Second, "the schema change in the log", func() bool { return log.Has("dropped column b") })
 	e.exec("TRUNCATE TABLE t", "INSERT INTO t VALUES (3, 'r', 'c')")
-	waitFor(t, 10*time.Second, "truncate", func() bool { return len(sink.streamed()) >= 4 })
-	if c := sink.streamed()[2]; c.Op != capture.OpTruncate || c.Reason != "truncated" || c.Record != table {
+	capturetest.WaitFor(t, 10*time.Second, "truncate", func() bool { return len(sink.Streamed()) >= 4 })
+	if c := sink.Streamed()[2]; c.Op != capture.OpTruncate || c.Reason != "truncated" || c.Record != table {
 		t.Errorf("change after TRUNCATE = %+v", c)
 	}
 	converged(t, e, src, sink, table)
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }

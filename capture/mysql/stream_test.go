@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/capturetest"
 )
 
 func n(s string) json.Number { return json.Number(s) }
@@ -22,10 +23,10 @@ func TestSnapshotThenStream(t *testing.T) {
 		"INSERT INTO person VALUES (1, 'Anne', 40), (2, 'Bo', 31), (3, 'Cai', 22)")
 	person := e.table("person")
 	src, _ := e.source("tables: ["+person+"]", "snapshot_chunk_size: 2")
-	sink := newSink(map[string][]string{person: {"id"}})
+	sink := capturetest.NewSink(map[string][]string{person: {"id"}})
 	start(t, src, sink, nil)
-	waitFor(t, 30*time.Second, "the initial snapshot", sink.snapshotDone)
-	bs := sink.all()
+	capturetest.WaitFor(t, 30*time.Second, "the initial snapshot", sink.SnapshotDone)
+	bs := sink.Batches()
 	first, last := bs[0].Snapshot, bs[len(bs)-1].Snapshot
 	if !first.Begin || !first.Initial || first.Reconcile || !reflect.DeepEqual(first.Records, []string{person}) {
 		t.Fatalf("first snapshot mark = %+v", first)
@@ -33,7 +34,7 @@ func TestSnapshotThenStream(t *testing.T) {
 	if !last.End || last.ID != first.ID || len(bs) < 3 {
 		t.Fatalf("%d snapshot batches; last mark = %+v", len(bs), last)
 	}
-	if got := sink.snapshotOf(person)["1"]; !reflect.DeepEqual(got, map[string]any{"id": n("1"), "name": "Anne", "age": n("40")}) {
+	if got := sink.Rows(person)["1"]; !reflect.DeepEqual(got, map[string]any{"id": n("1"), "name": "Anne", "age": n("40")}) {
 		t.Fatalf("snapshot row 1 = %#v", got)
 	}
 	before := time.Now()
@@ -43,8 +44,8 @@ func TestSnapshotThenStream(t *testing.T) {
 		"UPDATE person SET id = 20 WHERE id = 2",
 		"DELETE FROM person WHERE id = 3",
 		"COMMIT")
-	waitFor(t, 10*time.Second, "4 streamed changes", func() bool { return len(sink.streamed()) >= 4 })
-	ch := sink.streamed()
+	capturetest.WaitFor(t, 10*time.Second, "4 streamed changes", func() bool { return len(sink.Streamed()) >= 4 })
+	ch := sink.Streamed()
 	want := []struct {
 		op     capture.Op
 		values map[string]any
@@ -74,9 +75,9 @@ func TestSnapshotThenStream(t *testing.T) {
 	if _, err := parseGTID(gtid); err != nil {
 		t.Errorf("transaction id %q is not a GTID: %v", gtid, err)
 	}
-	sameRows(t, "person", sink.snapshotOf(person), e.tableRows(src, sink, person))
-	sink.noProblems(t)
-	cp, err := decodeCheckpoint(sink.checkpoint())
+	capturetest.SameRows(t, "person", sink.Rows(person), e.tableRows(src, sink, person))
+	sink.NoProblems(t)
+	cp, err := decodeCheckpoint(sink.Checkpoint())
 	if err != nil || !mustPos(cp.GTID).contains(mustGTID(t, gtid)) {
 		t.Fatalf("checkpoint %+v (%v) does not contain %s", cp, err, gtid)
 	}
@@ -119,16 +120,16 @@ func TestTypesRoundTrip(t *testing.T) {
 		`INSERT INTO typ (id, touch, ti, d, f, db, vc, dt, dtm, ts, tm, yr, js, en, st, bt) VALUES (3, 0, 0, 0, 0, -0.5, '', '1000-01-01', '9999-12-31 23:59:59', '1970-01-01 00:00:01', '00:00:00', 1901, '[]', 'a', '', b'0')`)
 	typ := e.table("typ")
 	src, _ := e.source("tables: [" + typ + "]")
-	sink := newSink(map[string][]string{typ: {"id"}})
+	sink := capturetest.NewSink(map[string][]string{typ: {"id"}})
 	start(t, src, sink, nil)
-	waitFor(t, 30*time.Second, "the initial snapshot", sink.snapshotDone)
-	snap := sink.snapshotOf(typ)
+	capturetest.WaitFor(t, 30*time.Second, "the initial snapshot", sink.SnapshotDone)
+	snap := sink.Rows(typ)
 	e.exec("UPDATE typ SET touch = 1")
 	// The before images: a second update's before image is the row after
 	// the first, so capture them by deleting.
 	e.exec("DELETE FROM typ")
-	waitFor(t, 10*time.Second, "6 streamed changes", func() bool { return len(sink.streamed()) >= 6 })
-	for _, c := range sink.streamed()[3:] {
+	capturetest.WaitFor(t, 10*time.Second, "6 streamed changes", func() bool { return len(sink.Streamed()) >= 6 })
+	for _, c := range sink.Streamed()[3:] {
 		if c.Op != capture.OpDelete {
 			t.Fatalf("change %s, want delete", c.Op)
 		}
@@ -165,5 +166,5 @@ func TestTypesRoundTrip(t *testing.T) {
 			t.Errorf("column %s = %#v, want %#v", k, r1[k], w)
 		}
 	}
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // server is what the checks learned about the server.
@@ -411,7 +412,7 @@ func (s *Source) tableProblems(t *tableInfo, user string, version int) []error {
 // inspectTable reads a table's columns, key and replica identity; nil if it
 // does not exist.
 func (s *Source) inspectTable(ctx context.Context, c *pgx.Conn, name string) (*tableInfo, error) {
-	schema, table, _ := splitTable(name)
+	schema, table, _ := sqltable.Split(name)
 	t := &tableInfo{Name: name}
 	var isPartition bool
 	var version int

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // sessionParams make the text form of values the same on every connection
@@ -276,7 +277,7 @@ func quoteIdent(s string) string {
 
 // quoteTable quotes "schema.table".
 func quoteTable(t string) string {
-	schema, table, _ := splitTable(t)
+	schema, table, _ := sqltable.Split(t)
 	return quoteIdent(schema) + "." + quoteIdent(table)
 }
 
