@@ -10,6 +10,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/os2sandbox/connector/capture"
 	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
@@ -116,7 +118,7 @@ func (s *Source) inspect(ctx context.Context, c *client.Conn) (*server, []error,
 	srv := &server{Tables: map[string]*tableInfo{}, Charsets: map[uint64]string{}}
 	rows, err := query(c, "SELECT VERSION(), @@GLOBAL.server_id, @@hostname, @@port, CURRENT_USER()")
 	if err != nil || len(rows) != 1 {
-		return nil, nil, errTransient{fmt.Errorf("%s: read server settings: %w", where, err)}
+		return nil, nil, capture.Transient(fmt.Errorf("%s: read server settings: %w", where, err))
 	}
 	r := rows[0]
 	srv.Version, srv.Hostname, srv.User = str(r[0]), str(r[2]), str(r[4])
@@ -143,7 +145,7 @@ func (s *Source) inspect(ctx context.Context, c *client.Conn) (*server, []error,
 	rows, err = query(c, `SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image,
 		@@GLOBAL.binlog_row_metadata, @@GLOBAL.gtid_domain_id`)
 	if err != nil || len(rows) != 1 {
-		return nil, nil, errTransient{fmt.Errorf("%s: read binlog settings: %w", where, err)}
+		return nil, nil, capture.Transient(fmt.Errorf("%s: read binlog settings: %w", where, err))
 	}
 	r = rows[0]
 	dom, _ := strconv.ParseUint(str(r[4]), 10, 32)
@@ -167,7 +169,7 @@ func (s *Source) inspect(ctx context.Context, c *client.Conn) (*server, []error,
 	// Privileges.
 	grants, err := s.privileges(c)
 	if err != nil {
-		return nil, nil, errTransient{fmt.Errorf("%s: read privileges of %s: %w", where, srv.User, err)}
+		return nil, nil, capture.Transient(fmt.Errorf("%s: read privileges of %s: %w", where, srv.User, err))
 	}
 	account := quoteAccount(srv.User)
 	has := func(p string) bool { return grants["ALL PRIVILEGES"] || grants["SUPER"] || grants[p] }
@@ -181,7 +183,7 @@ func (s *Source) inspect(ctx context.Context, c *client.Conn) (*server, []error,
 	// Collations, for the binlog's character set ids.
 	rows, err = query(c, "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
 	if err != nil {
-		return nil, nil, errTransient{fmt.Errorf("%s: read collations: %w", where, err)}
+		return nil, nil, capture.Transient(fmt.Errorf("%s: read collations: %w", where, err))
 	}
 	for _, r := range rows {
 		id, _ := strconv.ParseUint(str(r[0]), 10, 64)
@@ -279,7 +281,7 @@ func (s *Source) inspectTable(c *client.Conn, name string) (*tableInfo, error) {
 	db, table, _ := sqltable.Split(name)
 	rows, err := query(c, `SELECT TABLE_TYPE, COALESCE(ENGINE, '') FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?`, db, table)
 	if err != nil {
-		return nil, errTransient{fmt.Errorf("%s: read table %s: %w", s.where(), name, err)}
+		return nil, capture.Transient(fmt.Errorf("%s: read table %s: %w", s.where(), name, err))
 	}
 	if len(rows) == 0 {
 		return nil, nil
@@ -294,7 +296,7 @@ func (s *Source) inspectTable(c *client.Conn, name string) (*tableInfo, error) {
 				AND cc.TABLE_NAME = c.TABLE_NAME AND cc.CHECK_CLAUSE = CONCAT('json_valid(', CHAR(96 USING utf8mb4), c.COLUMN_NAME, CHAR(96 USING utf8mb4), ')'))
 		FROM information_schema.COLUMNS c WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`, db, table)
 	if err != nil {
-		return nil, errTransient{fmt.Errorf("%s: read columns of %s: %w", s.where(), name, err)}
+		return nil, capture.Transient(fmt.Errorf("%s: read columns of %s: %w", s.where(), name, err))
 	}
 	for _, r := range rows {
 		col := colInfo{Name: str(r[0]), DataType: strings.ToLower(str(r[1])), ColumnType: str(r[2]), Charset: str(r[3])}
@@ -308,7 +310,7 @@ func (s *Source) inspectTable(c *client.Conn, name string) (*tableInfo, error) {
 	rows, err = query(c, `SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE
 		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION`, db, table)
 	if err != nil {
-		return nil, errTransient{fmt.Errorf("%s: read the primary key of %s: %w", s.where(), name, err)}
+		return nil, capture.Transient(fmt.Errorf("%s: read the primary key of %s: %w", s.where(), name, err))
 	}
 	for _, r := range rows {
 		t.PK = append(t.PK, str(r[0]))
@@ -322,7 +324,7 @@ func (s *Source) inspectTable(c *client.Conn, name string) (*tableInfo, error) {
 	} else {
 		var myErr *gomysql.MyError
 		if !errors.As(err, &myErr) || (myErr.Code != gomysql.ER_TABLEACCESS_DENIED_ERROR && myErr.Code != gomysql.ER_COLUMNACCESS_DENIED_ERROR) {
-			return nil, errTransient{fmt.Errorf("%s: read %s: %w", s.where(), name, err)}
+			return nil, capture.Transient(fmt.Errorf("%s: read %s: %w", s.where(), name, err))
 		}
 	}
 	return t, nil

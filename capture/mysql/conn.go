@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/os2sandbox/connector/capture"
 	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
@@ -134,31 +135,16 @@ func (s *Source) connect(ctx context.Context) (*client.Conn, error) {
 	}
 	if _, err := c.Execute("SET NAMES utf8mb4, time_zone = '+00:00'"); err != nil {
 		c.Close()
-		return nil, errTransient{fmt.Errorf("mysql source %q: set session: %w", s.name, err)}
+		return nil, capture.Transient(fmt.Errorf("mysql source %q: set session: %w", s.name, err))
 	}
 	return c, nil
 }
 
-// errTransient marks errors worth a retry with backoff (the server is
-// restarting, the network failed); everything else stops Run.
-type errTransient struct{ error }
-
-func (e errTransient) Unwrap() error { return e.error }
-
-// errFatal marks an error that a retry cannot cure (a certificate that
-// does not verify) although it wraps a network error.
-type errFatal struct{ error }
-
-func (e errFatal) Unwrap() error { return e.error }
-
+// isTransient says whether Run retries after err with backoff (the server
+// is restarting, the network failed); everything else stops Run.
 func isTransient(err error) bool {
-	var t errTransient
-	if errors.As(err, &t) {
-		return true
-	}
-	var f errFatal
-	if errors.As(err, &f) {
-		return false
+	if transient, marked := capture.Marked(err); marked {
+		return transient
 	}
 	var myErr *gomysql.MyError
 	if errors.As(err, &myErr) {
@@ -169,10 +155,7 @@ func isTransient(err error) bool {
 		}
 		return false
 	}
-	var netErr net.Error
-	if errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, net.ErrClosed) || errors.Is(err, gomysql.ErrBadConn) {
+	if capture.NetworkFailure(err) || errors.Is(err, gomysql.ErrBadConn) {
 		return true
 	}
 	msg := err.Error()
@@ -193,9 +176,9 @@ func (s *Source) explainConnect(err error) error {
 		case gomysql.ER_HOST_NOT_PRIVILEGED:
 			return fmt.Errorf("%s: the server at %s does not let this host connect; create the account for the agent's address (CREATE USER '%s'@'<agent address>' …): %w", where, addr, s.cfg.User, err)
 		case gomysql.ER_CON_COUNT_ERROR:
-			return errTransient{fmt.Errorf("%s: too many connections at %s; raise max_connections or free connections: %w", where, addr, err)}
+			return capture.Transient(fmt.Errorf("%s: too many connections at %s; raise max_connections or free connections: %w", where, addr, err))
 		case 3159: // ER_SECURE_TRANSPORT_REQUIRED (MySQL)
-			return errFatal{fmt.Errorf("%s: the server at %s requires TLS; set tls: {mode: verify-full, ca_file: /path/to/ca.pem}: %w", where, addr, err)}
+			return capture.Permanent(fmt.Errorf("%s: the server at %s requires TLS; set tls: {mode: verify-full, ca_file: /path/to/ca.pem}: %w", where, addr, err))
 		}
 		return fmt.Errorf("%s: connect to %s: %w", where, addr, err)
 	}
@@ -203,19 +186,19 @@ func (s *Source) explainConnect(err error) error {
 	var hostErr x509.HostnameError
 	var invErr x509.CertificateInvalidError
 	if errors.As(err, &certErr) || errors.As(err, &hostErr) || errors.As(err, &invErr) || strings.Contains(err.Error(), "x509:") {
-		return errFatal{fmt.Errorf("%s: TLS verification of %s failed (%s); give the server's CA with tls.ca_file (verify-full checks the host name too, verify-ca only the chain); tls.mode: disable only on a trusted network: %w",
-			where, addr, tlsReason(err), err)}
+		return capture.Permanent(fmt.Errorf("%s: TLS verification of %s failed (%s); give the server's CA with tls.ca_file (verify-full checks the host name too, verify-ca only the chain); tls.mode: disable only on a trusted network: %w",
+			where, addr, tlsReason(err), err))
 	}
 	if strings.Contains(err.Error(), "TLS") && strings.Contains(err.Error(), "not support") {
-		return errFatal{fmt.Errorf("%s: the server at %s does not offer TLS; configure ssl_cert/ssl_key on the server, or set tls: {mode: disable} if the network is trusted: %w", where, addr, err)}
+		return capture.Permanent(fmt.Errorf("%s: the server at %s does not offer TLS; configure ssl_cert/ssl_key on the server, or set tls: {mode: disable} if the network is trusted: %w", where, addr, err))
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
-		return errTransient{fmt.Errorf("%s: cannot reach MySQL/MariaDB at %s: %s; check host and port (or socket), that the server runs and listens there (bind_address, port, skip_networking), and that no firewall blocks it: %w",
-			where, addr, netReason(err), err)}
+		return capture.Transient(fmt.Errorf("%s: cannot reach MySQL/MariaDB at %s: %s; check host and port (or socket), that the server runs and listens there (bind_address, port, skip_networking), and that no firewall blocks it: %w",
+			where, addr, netReason(err), err))
 	}
 	if isTransient(err) {
-		return errTransient{fmt.Errorf("%s: connect to %s: %w", where, addr, err)}
+		return capture.Transient(fmt.Errorf("%s: connect to %s: %w", where, addr, err))
 	}
 	return fmt.Errorf("%s: connect to %s: %w", where, addr, err)
 }

@@ -98,9 +98,10 @@ type Source struct {
 	addr   string // host:port or socket path
 	net    string // tcp or unix
 
-	mu      sync.Mutex
-	id      string
-	running *runHandle
+	runs capture.Runs // lets Snapshot hand its request to an active Run
+
+	mu sync.Mutex
+	id string
 }
 
 var (
@@ -217,12 +218,6 @@ func keyNode(node *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return node
-}
-
-// runHandle lets Snapshot hand a request to an active Run.
-type runHandle struct {
-	reqs chan snapRequest
-	done chan struct{}
 }
 
 type nopLogger struct{}

@@ -15,13 +15,6 @@ import (
 	"github.com/os2sandbox/connector/capture"
 )
 
-// snapRequest asks a running Run for an on-demand snapshot.
-type snapRequest struct {
-	ctx  context.Context
-	sink capture.Sink
-	done chan error
-}
-
 // Run streams changes into sink from checkpoint (nil: first start, which
 // takes the initial snapshot). Lost connections are retried with backoff
 // from the last durable checkpoint; configuration and server problems, and
@@ -31,23 +24,14 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.where(), err)
 	}
-	h := &runHandle{reqs: make(chan snapRequest), done: make(chan struct{})}
-	s.mu.Lock()
-	if s.running != nil {
-		s.mu.Unlock()
+	reqs, stop, ok := s.runs.Start()
+	if !ok {
 		return fmt.Errorf("%s: Run is already running", s.where())
 	}
-	s.running = h
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.running = nil
-		s.mu.Unlock()
-		close(h.done)
-	}()
+	defer stop()
 
 	delay := time.Duration(0)
-	var req *snapRequest
+	var req *capture.SnapshotRequest
 	broken := ""
 	for {
 		if delay > 0 {
@@ -58,14 +42,14 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 			}
 		}
 		started := time.Now()
-		next, pending, err := s.session(ctx, cp, sink, h.reqs, req, broken)
+		next, pending, err := s.session(ctx, cp, sink, reqs, req, broken)
 		progressed := next.GTID != cp.GTID || (next.Snapshot == nil) != (cp.Snapshot == nil)
 		cp, req, broken = next, pending, ""
 		var b errBroken
 		switch {
 		case ctx.Err() != nil:
 			if req != nil {
-				req.done <- ctx.Err()
+				req.Done <- ctx.Err()
 			}
 			return nil
 		case err == nil || errors.Is(err, errStop):
@@ -78,7 +62,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 			continue
 		case !isTransient(err) || s.opts.Once:
 			if req != nil {
-				req.done <- err
+				req.Done <- err
 			}
 			return err
 		}
@@ -95,7 +79,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 // session connects, checks, restores continuity (snapshot if needed) and
 // streams until an error, a stop, or a snapshot request. It returns the
 // last durable checkpoint. broken is a continuity break the stream found.
-func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan snapRequest, req *snapRequest, broken string) (checkpoint, *snapRequest, error) {
+func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan *capture.SnapshotRequest, req *capture.SnapshotRequest, broken string) (checkpoint, *capture.SnapshotRequest, error) {
 	meta, err := s.connect(ctx)
 	if err != nil {
 		return cp, req, err
@@ -147,11 +131,11 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 			run = &snapshotRun{sp: &snapProgress{ID: newRunID(), Tables: s.tables}, base: base, fenced: true}
 			k, err := s.openConsistent(ctx)
 			if err != nil {
-				req.done <- err
+				req.Done <- err
 				return cp, nil, err
 			}
-			done, err := s.readSnapshot(req.ctx, req.sink, k, *run)
-			req.done <- err
+			done, err := s.readSnapshot(req.Ctx, req.Sink, k, *run)
+			req.Done <- err
 			if err != nil {
 				s.log.Warn("on-demand snapshot failed; streaming goes on", "source", s.name, "error", err)
 				return cp, nil, errPause
@@ -179,7 +163,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 	if s.opts.Once {
 		rows, err := query(meta, "SELECT @@GLOBAL.gtid_binlog_pos")
 		if err != nil || len(rows) != 1 {
-			return cp, req, errTransient{fmt.Errorf("%s: read the current binlog position: %w", s.where(), err)}
+			return cp, req, capture.Transient(fmt.Errorf("%s: read the current binlog position: %w", s.where(), err))
 		}
 		if stopAt, err = parsePos(str(rows[0][0])); err != nil {
 			return cp, req, fmt.Errorf("%s: gtid_binlog_pos: %w", s.where(), err)
@@ -198,7 +182,7 @@ func (s *Source) continuity(c *client.Conn, srv *server, cp checkpoint) (string,
 	at := mustPos(cp.GTID)
 	rows, err := query(c, "SELECT @@GLOBAL.gtid_binlog_pos")
 	if err != nil || len(rows) != 1 {
-		return "", errTransient{fmt.Errorf("%s: read gtid_binlog_pos: %w", s.where(), err)}
+		return "", capture.Transient(fmt.Errorf("%s: read gtid_binlog_pos: %w", s.where(), err))
 	}
 	now, err := parsePos(str(rows[0][0]))
 	if err != nil {
@@ -209,7 +193,7 @@ func (s *Source) continuity(c *client.Conn, srv *server, cp checkpoint) (string,
 	}
 	logs, err := query(c, "SHOW BINARY LOGS")
 	if err != nil {
-		return "", errTransient{fmt.Errorf("%s: SHOW BINARY LOGS: %w", s.where(), err)}
+		return "", capture.Transient(fmt.Errorf("%s: SHOW BINARY LOGS: %w", s.where(), err))
 	}
 	if len(logs) == 0 {
 		return "", nil
@@ -219,7 +203,7 @@ func (s *Source) continuity(c *client.Conn, srv *server, cp checkpoint) (string,
 	// Gtid_list event).
 	rows, err = query(c, "SHOW BINLOG EVENTS IN "+quoteLiteral(first)+" LIMIT 4")
 	if err != nil {
-		return "", errTransient{fmt.Errorf("%s: SHOW BINLOG EVENTS IN %s: %w", s.where(), first, err)}
+		return "", capture.Transient(fmt.Errorf("%s: SHOW BINLOG EVENTS IN %s: %w", s.where(), first, err))
 	}
 	for _, r := range rows {
 		if len(r) < 6 || str(r[2]) != "Gtid_list" {
@@ -257,23 +241,8 @@ func (s *Source) continuity(c *client.Conn, srv *server, cp checkpoint) (string,
 // the snapshot contains; otherwise the End checkpoint moves the stream to
 // the snapshot's position.
 func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
-	s.mu.Lock()
-	running := s.running
-	s.mu.Unlock()
-	if running != nil {
-		r := snapRequest{ctx: ctx, sink: sink, done: make(chan error, 1)}
-		select {
-		case running.reqs <- r:
-			select {
-			case err := <-r.done:
-				return err
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		case <-running.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if handled, err := s.runs.Handoff(ctx, sink); handled {
+		return err
 	}
 	meta, err := s.connect(ctx)
 	if err != nil {

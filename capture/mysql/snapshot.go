@@ -44,7 +44,7 @@ func (s *Source) openConsistent(ctx context.Context) (*consistent, error) {
 	fail := func(what string, err error) (*consistent, error) {
 		k.close()
 		if isTransient(err) {
-			return nil, errTransient{fmt.Errorf("%s: %s: %w", s.where(), what, err)}
+			return nil, capture.Transient(fmt.Errorf("%s: %s: %w", s.where(), what, err))
 		}
 		return nil, fmt.Errorf("%s: %s: %w", s.where(), what, err)
 	}
@@ -156,7 +156,7 @@ func (s *Source) readSnapshot(ctx context.Context, sink capture.Sink, k *consist
 		}
 	}
 	if _, err := k.c.Execute("COMMIT"); err != nil {
-		return checkpoint{}, errTransient{fmt.Errorf("%s: end the snapshot transaction: %w", s.where(), err)}
+		return checkpoint{}, capture.Transient(fmt.Errorf("%s: end the snapshot transaction: %w", s.where(), err))
 	}
 	done := run.base
 	done.Snapshot = nil
@@ -261,7 +261,7 @@ func (s *Source) readChunk(c *client.Conn, t *tableInfo, after []any) ([]capture
 func (s *Source) readErr(table string, err error) error {
 	err = fmt.Errorf("%s: read %s: %w", s.where(), table, err)
 	if isTransient(err) {
-		return errTransient{err}
+		return capture.Transient(err)
 	}
 	return err
 }

@@ -43,8 +43,8 @@ type streamer struct {
 	srv  *server
 	meta *client.Conn
 	sink capture.Sink
-	reqs <-chan snapRequest
-	req  *snapRequest
+	reqs <-chan *capture.SnapshotRequest
+	req  *capture.SnapshotRequest
 
 	cp      checkpoint // as of the last applied batch
 	cur     pos        // after the last transaction seen
@@ -83,7 +83,7 @@ type tableDec struct {
 // checkpoint and why it ended: errStop, errPause (with the request),
 // errBroken, or another error.
 func (s *Source) stream(ctx context.Context, meta *client.Conn, srv *server, cp checkpoint, sink capture.Sink,
-	stopAt pos, reqs <-chan snapRequest) (checkpoint, *snapRequest, error) {
+	stopAt pos, reqs <-chan *capture.SnapshotRequest) (checkpoint, *capture.SnapshotRequest, error) {
 	tc, err := s.tlsConfig()
 	if err != nil {
 		return cp, nil, err
@@ -149,7 +149,7 @@ func (s *Source) streamErr(err error, cp checkpoint) error {
 	}
 	if e := s.explainConnect(err); !strings.Contains(e.Error(), "connect to") || isTransient(err) {
 		if isTransient(err) {
-			return errTransient{fmt.Errorf("%s: binlog stream: %w", s.where(), err)}
+			return capture.Transient(fmt.Errorf("%s: binlog stream: %w", s.where(), err))
 		}
 		return e
 	}
@@ -194,8 +194,7 @@ func (st *streamer) run(ctx context.Context, bs *replication.BinlogStreamer) err
 func (st *streamer) boundary(ctx context.Context) error {
 	if st.req == nil && st.reqs != nil {
 		select {
-		case r := <-st.reqs:
-			st.req = &r
+		case st.req = <-st.reqs:
 		default:
 		}
 	}

@@ -83,10 +83,11 @@ type Source struct {
 	// key overrides by table.
 	tables []string
 
-	mu      sync.Mutex
-	id      string     // cached ID()
-	running *runHandle // non-nil while Run is active
-	types   *typeCache
+	runs capture.Runs // lets Snapshot hand its request to an active Run
+
+	mu    sync.Mutex
+	id    string // cached ID()
+	types *typeCache
 }
 
 var (
@@ -174,12 +175,6 @@ func keyNode(node *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return node
-}
-
-// runHandle lets Snapshot hand a request to an active Run.
-type runHandle struct {
-	reqs chan snapRequest
-	done chan struct{} // closed when Run returns
 }
 
 type nopLogger struct{}

@@ -23,24 +23,14 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 	if err != nil {
 		return fmt.Errorf("postgres source %q: %w", s.name, err)
 	}
-	h := &runHandle{reqs: make(chan snapRequest), done: make(chan struct{})}
-	reqs := h.reqs
-	s.mu.Lock()
-	if s.running != nil {
-		s.mu.Unlock()
+	reqs, stop, ok := s.runs.Start()
+	if !ok {
 		return fmt.Errorf("postgres source %q: Run is already running", s.name)
 	}
-	s.running = h
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.running = nil
-		s.mu.Unlock()
-		close(h.done)
-	}()
+	defer stop()
 
 	delay := time.Duration(0)
-	var req *snapRequest
+	var req *capture.SnapshotRequest
 	for attempt := 0; ; attempt++ {
 		if delay > 0 {
 			select {
@@ -56,7 +46,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 		switch {
 		case ctx.Err() != nil:
 			if req != nil {
-				req.done <- ctx.Err()
+				req.Done <- ctx.Err()
 			}
 			return nil
 		case err == nil || errors.Is(err, errStop):
@@ -66,7 +56,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 			continue
 		case !isTransient(err) || s.opts.Once:
 			if req != nil {
-				req.done <- err
+				req.Done <- err
 			}
 			return err
 		}
@@ -83,7 +73,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 // session connects, checks, restores continuity (snapshot if needed) and
 // streams until an error, a stop, or a snapshot request. It returns the
 // last durable checkpoint.
-func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan snapRequest, req *snapRequest) (checkpoint, *snapRequest, error) {
+func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan *capture.SnapshotRequest, req *capture.SnapshotRequest) (checkpoint, *capture.SnapshotRequest, error) {
 	meta, err := s.connect(ctx)
 	if err != nil {
 		return cp, req, err
@@ -91,7 +81,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 	defer meta.Close(context.Background())
 	srv, problems, err := s.inspect(ctx, meta)
 	if err != nil {
-		return cp, req, errTransient{err}
+		return cp, req, capture.Transient(err)
 	}
 	if len(problems) > 0 {
 		err := errors.Join(problems...)
@@ -112,7 +102,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 	ident, err := pglogrepl.IdentifySystem(ctx, repl)
 	if err != nil {
 		repl.Close(context.Background())
-		return cp, req, errTransient{fmt.Errorf("postgres source %q: IDENTIFY_SYSTEM: %w", s.name, err)}
+		return cp, req, capture.Transient(fmt.Errorf("postgres source %q: IDENTIFY_SYSTEM: %w", s.name, err))
 	}
 
 	// Continuity with the stored checkpoint.
@@ -232,7 +222,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		if errors.Is(err, errRunLost) {
 			s.log.Warn("the engine no longer holds the interrupted snapshot run; starting it over", "source", s.name, "run", run.sp.ID)
 			cp.Snapshot = &snapProgress{ID: newRunID(), Initial: run.sp.Initial, Tables: run.sp.Tables, Pending: true}
-			return cp, req, errTransient{err}
+			return cp, req, capture.Transient(err)
 		}
 		if err != nil {
 			return cp, req, err
@@ -251,7 +241,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		// be past the write position for a moment.
 		var cur string
 		if err := meta.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&cur); err != nil {
-			return cp, req, errTransient{fmt.Errorf("postgres source %q: read the current WAL position: %w", s.name, err)}
+			return cp, req, capture.Transient(fmt.Errorf("postgres source %q: read the current WAL position: %w", s.name, err))
 		}
 		stopAt = mustLSN(cur)
 	}
@@ -263,7 +253,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 // exported (consistent point C) and imported, the stream is applied up to
 // C, then the tables are read and the stream resumes at C. No live change
 // is skipped, so none turns into drift.
-func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base checkpoint, exp *exported, req *snapRequest, sink capture.Sink) (checkpoint, *snapRequest, error) {
+func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base checkpoint, exp *exported, req *capture.SnapshotRequest, sink capture.Sink) (checkpoint, *capture.SnapshotRequest, error) {
 	// Catch up to C (the exported snapshot stays valid while its
 	// connection idles).
 	caught, _, err := s.stream(ctx, meta, srv, base, sink, exp.LSN, nil)
@@ -272,8 +262,8 @@ func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base
 		return caught, req, err
 	}
 	run := snapshotRun{sp: &snapProgress{ID: newRunID(), Tables: s.tables}, begin: true, base: caught, catchUp: true}
-	done, err := s.readSnapshot(req.ctx, req.sink, exp, run)
-	req.done <- err
+	done, err := s.readSnapshot(req.Ctx, req.Sink, exp, run)
+	req.Done <- err
 	if err != nil {
 		s.log.Warn("on-demand snapshot failed; streaming goes on", "source", s.name, "error", err)
 		// The run's batches went to the requester's sink; the stream's
@@ -288,24 +278,8 @@ func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base
 // fresh exported snapshot and the End checkpoint moves the stream to that
 // snapshot's consistent point.
 func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
-	s.mu.Lock()
-	running := s.running
-	s.mu.Unlock()
-	if running != nil {
-		r := snapRequest{ctx: ctx, sink: sink, done: make(chan error, 1)}
-		select {
-		case running.reqs <- r:
-			select {
-			case err := <-r.done:
-				return err
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		case <-running.done:
-			// Run ended meanwhile: take the snapshot here.
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if handled, err := s.runs.Handoff(ctx, sink); handled {
+		return err
 	}
 	meta, err := s.connect(ctx)
 	if err != nil {

@@ -79,7 +79,7 @@ func (s *Source) slotError(what string, err error) error {
 			s.name, what, err)
 	}
 	if isTransient(err) {
-		return errTransient{fmt.Errorf("postgres source %q: %s: %w", s.name, what, err)}
+		return capture.Transient(fmt.Errorf("postgres source %q: %s: %w", s.name, what, err))
 	}
 	return fmt.Errorf("postgres source %q: %s: %w", s.name, what, err)
 }
