@@ -27,7 +27,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -99,9 +98,7 @@ type Source struct {
 	net    string // tcp or unix
 
 	runs capture.Runs // lets Snapshot hand its request to an active Run
-
-	mu sync.Mutex
-	id string
+	id   capture.CachedID
 }
 
 var (

@@ -269,38 +269,33 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 // ID is mysql://<hostname:port>/<database> (MariaDB has no server UUID).
 // It connects once if Run has not yet; "" if the server cannot be reached.
 func (s *Source) ID() string {
-	s.mu.Lock()
-	id := s.id
-	s.mu.Unlock()
-	if id != "" {
-		return id
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := s.connect(ctx)
-	if err != nil {
-		s.log.Warn("cannot read the server's identity", "source", s.name, "error", err)
-		return ""
-	}
-	defer c.Close()
-	rows, err := query(c, "SELECT @@hostname, @@port")
-	if err != nil || len(rows) != 1 {
-		s.log.Warn("cannot read the server's identity", "source", s.name, "error", err)
-		return ""
-	}
-	port, _ := strconv.Atoi(str(rows[0][1]))
-	s.setID(&server{Hostname: str(rows[0][0]), Port: port})
-	return s.ID()
+	return s.id.Get(s.log, s.name, func(ctx context.Context) (string, error) {
+		c, err := s.connect(ctx)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		rows, err := query(c, "SELECT @@hostname, @@port")
+		if err == nil && len(rows) != 1 {
+			err = fmt.Errorf("SELECT @@hostname, @@port returned %d rows", len(rows))
+		}
+		if err != nil {
+			return "", err
+		}
+		port, _ := strconv.Atoi(str(rows[0][1]))
+		return s.uri(&server{Hostname: str(rows[0][0]), Port: port}), nil
+	})
 }
 
-func (s *Source) setID(srv *server) {
+func (s *Source) setID(srv *server) { s.id.Set(s.uri(srv)) }
+
+// uri is the register's URI on srv.
+func (s *Source) uri(srv *server) string {
 	host := srv.Hostname + ":" + strconv.Itoa(srv.Port)
 	if srv.UUID != "" {
 		host = srv.UUID
 	}
-	s.mu.Lock()
-	s.id = "mysql://" + host + "/" + s.cfg.Database
-	s.mu.Unlock()
+	return "mysql://" + host + "/" + s.cfg.Database
 }
 
 // missing lists the items of want not in have.

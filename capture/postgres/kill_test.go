@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
 	"github.com/os2sandbox/connector/capture/capturetest"
 	"github.com/os2sandbox/connector/publish/file/filetest"
 )

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -85,8 +84,7 @@ type Source struct {
 
 	runs capture.Runs // lets Snapshot hand its request to an active Run
 
-	mu    sync.Mutex
-	id    string // cached ID()
+	id    capture.CachedID
 	types *typeCache
 }
 

@@ -328,34 +328,24 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 // ID is postgres://<system identifier>/<database>. It connects once if Run
 // has not yet; "" if the server cannot be reached.
 func (s *Source) ID() string {
-	s.mu.Lock()
-	id := s.id
-	s.mu.Unlock()
-	if id != "" {
-		return id
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := s.connect(ctx)
-	if err != nil {
-		s.log.Warn("cannot read the server's identity", "source", s.name, "error", err)
-		return ""
-	}
-	defer c.Close(context.Background())
-	var sys, db string
-	if err := c.QueryRow(ctx, "SELECT system_identifier::text, current_database() FROM pg_catalog.pg_control_system()").Scan(&sys, &db); err != nil {
-		s.log.Warn("cannot read the server's identity", "source", s.name, "error", err)
-		return ""
-	}
-	s.setID(&server{SystemID: sys, Database: db})
-	return s.ID()
+	return s.id.Get(s.log, s.name, func(ctx context.Context) (string, error) {
+		c, err := s.connect(ctx)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close(context.Background())
+		var sys, db string
+		if err := c.QueryRow(ctx, "SELECT system_identifier::text, current_database() FROM pg_catalog.pg_control_system()").Scan(&sys, &db); err != nil {
+			return "", err
+		}
+		return uri(&server{SystemID: sys, Database: db}), nil
+	})
 }
 
-func (s *Source) setID(srv *server) {
-	s.mu.Lock()
-	s.id = "postgres://" + srv.SystemID + "/" + srv.Database
-	s.mu.Unlock()
-}
+func (s *Source) setID(srv *server) { s.id.Set(uri(srv)) }
+
+// uri is the register's URI on srv.
+func uri(srv *server) string { return "postgres://" + srv.SystemID + "/" + srv.Database }
 
 // missing lists the items of want not in have.
 func missing(want, have []string) []string {
