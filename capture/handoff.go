@@ -2,7 +2,10 @@ package capture
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"sync"
+	"time"
 )
 
 // SnapshotRequest asks a running Run for an on-demand snapshot: Run takes
@@ -75,4 +78,12 @@ func (r *Runs) Handoff(ctx context.Context, sink Sink) (handled bool, err error)
 	case <-ctx.Done():
 		return true, ctx.Err()
 	}
+}
+
+// NewRunID returns a new snapshot run id (SnapshotMark.ID): its start time
+// and a random suffix, so runs sort by time in logs.
+func NewRunID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // Run streams changes into sink from checkpoint (nil: first start, which
@@ -114,21 +115,21 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		// Until the run ends, a restart takes it again (no position to
 		// check continuity against).
 		base.GTID, base.File, base.Pos, base.Tx, base.Fences, base.Captured = "", "", 0, nil, nil, nil
-		run = &snapshotRun{sp: &snapProgress{ID: newRunID(), Initial: initial, Tables: s.tables}, base: base, epochBreak: breakReason}
+		run = &snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Initial: initial, Tables: s.tables}, base: base, epochBreak: breakReason}
 	case cp.Snapshot != nil:
 		// The consistent snapshot died with the previous process: the run
 		// starts over (a new run replaces the staged rows).
 		s.log.Info("snapshot run interrupted; starting it over", "source", s.name, "run", cp.Snapshot.ID)
 		sp := *cp.Snapshot
-		sp.ID = newRunID()
+		sp.ID = capture.NewRunID()
 		base.Snapshot = nil
 		run = &snapshotRun{sp: &sp, base: base, fenced: true}
 	default:
-		if added := missing(s.tables, cp.Captured); len(added) > 0 {
+		if added := sqltable.Missing(s.tables, cp.Captured); len(added) > 0 {
 			s.log.Info("tables added to the configuration: loading them", "source", s.name, "tables", added)
-			run = &snapshotRun{sp: &snapProgress{ID: newRunID(), Initial: true, Tables: added}, base: base, fenced: true}
+			run = &snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Initial: true, Tables: added}, base: base, fenced: true}
 		} else if req != nil {
-			run = &snapshotRun{sp: &snapProgress{ID: newRunID(), Tables: s.tables}, base: base, fenced: true}
+			run = &snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Tables: s.tables}, base: base, fenced: true}
 			k, err := s.openConsistent(ctx)
 			if err != nil {
 				req.Done <- err
@@ -262,7 +263,7 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 		return err
 	}
 	base := checkpoint{Server: srv.identity(), Captured: s.tables}
-	_, err = s.readSnapshot(ctx, sink, k, snapshotRun{sp: &snapProgress{ID: newRunID(), Tables: s.tables}, base: base})
+	_, err = s.readSnapshot(ctx, sink, k, snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Tables: s.tables}, base: base})
 	return err
 }
 
@@ -296,15 +297,4 @@ func (s *Source) uri(srv *server) string {
 		host = srv.UUID
 	}
 	return "mysql://" + host + "/" + s.cfg.Database
-}
-
-// missing lists the items of want not in have.
-func missing(want, have []string) []string {
-	var out []string
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			out = append(out, w)
-		}
-	}
-	return out
 }

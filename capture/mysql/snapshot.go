@@ -2,8 +2,6 @@ package mysql
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // consistent is a transaction started WITH CONSISTENT SNAPSHOT and the
@@ -96,12 +95,6 @@ type snapshotRun struct {
 	fenced bool
 }
 
-func newRunID() string {
-	var b [6]byte
-	rand.Read(b[:])
-	return time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
-}
-
 func (s *Source) readSnapshot(ctx context.Context, sink capture.Sink, k *consistent, run snapshotRun) (checkpoint, error) {
 	defer k.close()
 	sp := run.sp
@@ -168,7 +161,7 @@ func (s *Source) readSnapshot(ctx context.Context, sink capture.Sink, k *consist
 	} else {
 		done.GTID, done.File, done.Pos, done.Tx, done.Fences = k.At.String(), k.File, k.Pos, nil, nil
 	}
-	done.Captured = union(done.Captured, sp.Tables)
+	done.Captured = sqltable.Union(done.Captured, sp.Tables)
 	done.Tables = mergeDescs(done.Tables, descs)
 	b := capture.Batch{TransactionID: "snapshot:" + sp.ID, Snapshot: mark(), Checkpoint: done.encode()}
 	b.Snapshot.End = true
@@ -271,20 +264,6 @@ func removeFence(fs []fence, table string) []fence {
 	for _, f := range fs {
 		if f.Table != table {
 			out = append(out, f)
-		}
-	}
-	return out
-}
-
-func union(a, b []string) []string {
-	out := append([]string(nil), a...)
-	for _, x := range b {
-		found := false
-		for _, y := range out {
-			found = found || x == y
-		}
-		if !found {
-			out = append(out, x)
 		}
 	}
 	return out

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // Run streams changes into sink from checkpoint (nil: first start, which
@@ -168,7 +168,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		return nil
 	}
 	newRun := func(initial bool, tables []string) *snapshotRun {
-		return &snapshotRun{sp: &snapProgress{ID: newRunID(), Initial: initial, Tables: tables}, begin: true, base: base}
+		return &snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Initial: initial, Tables: tables}, begin: true, base: base}
 	}
 	switch {
 	case fresh || breakReason != "":
@@ -195,7 +195,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		base.Snapshot = nil
 		run = &snapshotRun{sp: &sp, base: base, begin: sp.Pending}
 	default:
-		if added := missing(s.tables, cp.Captured); len(added) > 0 {
+		if added := sqltable.Missing(s.tables, cp.Captured); len(added) > 0 {
 			s.log.Info("tables added to the configuration: loading them", "source", s.name, "tables", added)
 			if err := needExport(); err != nil {
 				return cp, req, err
@@ -221,7 +221,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		done, err := s.readSnapshot(ctx, sink, exp, *run)
 		if errors.Is(err, errRunLost) {
 			s.log.Warn("the engine no longer holds the interrupted snapshot run; starting it over", "source", s.name, "run", run.sp.ID)
-			cp.Snapshot = &snapProgress{ID: newRunID(), Initial: run.sp.Initial, Tables: run.sp.Tables, Pending: true}
+			cp.Snapshot = &snapProgress{ID: capture.NewRunID(), Initial: run.sp.Initial, Tables: run.sp.Tables, Pending: true}
 			return cp, req, capture.Transient(err)
 		}
 		if err != nil {
@@ -261,7 +261,7 @@ func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base
 		exp.release()
 		return caught, req, err
 	}
-	run := snapshotRun{sp: &snapProgress{ID: newRunID(), Tables: s.tables}, begin: true, base: caught, catchUp: true}
+	run := snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Tables: s.tables}, begin: true, base: caught, catchUp: true}
 	done, err := s.readSnapshot(req.Ctx, req.Sink, exp, run)
 	req.Done <- err
 	if err != nil {
@@ -320,7 +320,7 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	}
 	base := checkpoint{SystemID: ident.SystemID, Timeline: ident.Timeline, Database: srv.Database, Slot: s.cfg.Slot,
 		LSN: exp.LSN.String(), Captured: s.tables}
-	run := snapshotRun{sp: &snapProgress{ID: newRunID(), Tables: s.tables}, begin: true, base: base, catchUp: true}
+	run := snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Tables: s.tables}, begin: true, base: base, catchUp: true}
 	_, err = s.readSnapshot(ctx, sink, exp, run)
 	return err
 }
@@ -346,14 +346,3 @@ func (s *Source) setID(srv *server) { s.id.Set(uri(srv)) }
 
 // uri is the register's URI on srv.
 func uri(srv *server) string { return "postgres://" + srv.SystemID + "/" + srv.Database }
-
-// missing lists the items of want not in have.
-func missing(want, have []string) []string {
-	var out []string
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			out = append(out, w)
-		}
-	}
-	return out
-}

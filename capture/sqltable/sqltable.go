@@ -5,6 +5,7 @@ package sqltable
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -82,4 +83,26 @@ func (n Naming) List(s Setting) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// Union is a followed by the tables of b it lacks.
+func Union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, x := range b {
+		if !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Missing lists the tables of want not in have.
+func Missing(want, have []string) []string {
+	var out []string
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			out = append(out, w)
+		}
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package sqltable
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -59,6 +60,26 @@ func TestSplit(t *testing.T) {
 		q, tab, ok := Split(in)
 		if q != want[0] || tab != want[1] || ok != want[2] {
 			t.Errorf("Split(%q) = %q, %q, %v; want %v", in, q, tab, ok, want)
+		}
+	}
+}
+
+func TestUnionMissing(t *testing.T) {
+	tests := []struct {
+		a, b           []string
+		union, missing []string
+	}{
+		{a: nil, b: nil, union: []string{}, missing: nil},
+		{a: []string{"s.a", "s.b"}, b: []string{"s.b", "s.c"}, union: []string{"s.a", "s.b", "s.c"}, missing: []string{"s.a"}},
+		{a: []string{"s.a"}, b: []string{"s.a"}, union: []string{"s.a"}, missing: nil},
+		{a: nil, b: []string{"s.c", "s.c"}, union: []string{"s.c"}, missing: nil},
+	}
+	for _, tt := range tests {
+		if got := Union(tt.a, tt.b); !slices.Equal(got, tt.union) {
+			t.Errorf("Union(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.union)
+		}
+		if got := Missing(tt.a, tt.b); !slices.Equal(got, tt.missing) {
+			t.Errorf("Missing(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.missing)
 		}
 	}
 }
