@@ -187,7 +187,7 @@ func (s *Source) explainConnect(err error) error {
 	var invErr x509.CertificateInvalidError
 	if errors.As(err, &certErr) || errors.As(err, &hostErr) || errors.As(err, &invErr) || strings.Contains(err.Error(), "x509:") {
 		return capture.Permanent(fmt.Errorf("%s: TLS verification of %s failed (%s); give the server's CA with tls.ca_file (verify-full checks the host name too, verify-ca only the chain); tls.mode: disable only on a trusted network: %w",
-			where, addr, tlsReason(err), err))
+			where, addr, capture.TLSReason(err), err))
 	}
 	if strings.Contains(err.Error(), "TLS") && strings.Contains(err.Error(), "not support") {
 		return capture.Permanent(fmt.Errorf("%s: the server at %s does not offer TLS; configure ssl_cert/ssl_key on the server, or set tls: {mode: disable} if the network is trusted: %w", where, addr, err))
@@ -195,36 +195,12 @@ func (s *Source) explainConnect(err error) error {
 	var netErr net.Error
 	if errors.As(err, &netErr) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
 		return capture.Transient(fmt.Errorf("%s: cannot reach MySQL/MariaDB at %s: %s; check host and port (or socket), that the server runs and listens there (bind_address, port, skip_networking), and that no firewall blocks it: %w",
-			where, addr, netReason(err), err))
+			where, addr, capture.NetReason(err), err))
 	}
 	if isTransient(err) {
 		return capture.Transient(fmt.Errorf("%s: connect to %s: %w", where, addr, err))
 	}
 	return fmt.Errorf("%s: connect to %s: %w", where, addr, err)
-}
-
-func tlsReason(err error) string {
-	msg := err.Error()
-	if i := strings.Index(msg, "x509: "); i >= 0 {
-		return msg[i:]
-	}
-	return msg
-}
-
-func netReason(err error) string {
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
-	case errors.Is(err, syscall.ENOENT):
-		return "no such socket"
-	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout"):
-		return "timed out"
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return "unknown host " + dnsErr.Name
-	}
-	return "network error"
 }
 
 // quoteIdent quotes an identifier with backticks.

@@ -215,7 +215,7 @@ func (s *Source) explainConnect(err error, cfg *pgconn.Config) error {
 	var invErr x509.CertificateInvalidError
 	if errors.As(err, &certErr) || errors.As(err, &hostErr) || errors.As(err, &invErr) || strings.Contains(err.Error(), "x509:") {
 		return capture.Permanent(fmt.Errorf("%s: TLS verification of %s failed (%s); give the server's CA with sslrootcert=/path/to/ca.pem in dsn (sslmode=verify-full checks the host name too); sslmode=disable only on a trusted network: %w",
-			where, addr, tlsReason(err), err))
+			where, addr, capture.TLSReason(err), err))
 	}
 	if strings.Contains(err.Error(), "server refused TLS connection") {
 		return capture.Permanent(fmt.Errorf("%s: the server at %s does not offer TLS; enable ssl = on on the server (with a certificate), or set sslmode=disable in dsn if the network is trusted: %w", where, addr, err))
@@ -223,31 +223,9 @@ func (s *Source) explainConnect(err error, cfg *pgconn.Config) error {
 	var netErr net.Error
 	if errors.As(err, &netErr) || errors.Is(err, syscall.ECONNREFUSED) {
 		return capture.Transient(fmt.Errorf("%s: cannot reach PostgreSQL at %s: %s; check host and port in dsn, that the server runs and listens there (listen_addresses, port), and that no firewall blocks it: %w",
-			where, addr, netReason(err), err))
+			where, addr, capture.NetReason(err), err))
 	}
 	return fmt.Errorf("%s: connect to %s: %w", where, addr, err)
-}
-
-func tlsReason(err error) string {
-	msg := err.Error()
-	if i := strings.Index(msg, "x509: "); i >= 0 {
-		return msg[i:]
-	}
-	return msg
-}
-
-func netReason(err error) string {
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
-	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout"):
-		return "timed out"
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return "unknown host " + dnsErr.Name
-	}
-	return "network error"
 }
 
 // quoteIdent quotes an identifier for SQL shown to users (and run): plain

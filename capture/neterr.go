@@ -1,9 +1,11 @@
 package capture
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 )
 
@@ -45,4 +47,32 @@ func NetworkFailure(err error) bool {
 	return errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, net.ErrClosed)
+}
+
+// NetReason says in a few words why a connection failed, for messages
+// that go on to name the fix.
+func NetReason(err error) string {
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ENOENT):
+		return "no such socket"
+	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout"):
+		return "timed out"
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return "unknown host " + dnsErr.Name
+	}
+	return "network error"
+}
+
+// TLSReason is the certificate verifier's own words from a TLS failure
+// (from "x509: " on), or the whole error.
+func TLSReason(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, "x509: "); i >= 0 {
+		return msg[i:]
+	}
+	return msg
 }
