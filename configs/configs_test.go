@@ -59,7 +59,7 @@ func TestParseErrors(t *testing.T) {
 			yaml: "state: /tmp/s.db\nsorces:\n  - {name: hr, type: file}\n",
 			line: 2,
 			parts: []string{`unknown key "sorces"`, `did you mean "sources"?`,
-				"known keys: control, log, mappings, metrics, receivers, sources, state"},
+				"known keys: control, log, mappings, metrics, receivers, retention, sources, state"},
 		},
 		{
 			name:  "unknown key far from any",
@@ -164,6 +164,18 @@ func TestParseErrors(t *testing.T) {
 			name:  "invalid YAML, unclosed quote",
 			yaml:  "state: \"/tmp/s.db\nsources: []\n",
 			parts: []string{"invalid YAML"},
+		},
+		{
+			name:  "negative retention",
+			yaml:  "state: /tmp/s.db\nretention: {log: -1h}\nsources:\n  - name: hr\n    type: file\n",
+			line:  2,
+			parts: []string{"retention.log -1h0m0s is negative", "2160h"},
+		},
+		{
+			name:  "retention not a duration",
+			yaml:  "state: /tmp/s.db\nretention: {log: 90d}\nsources:\n  - name: hr\n    type: file\n",
+			line:  2,
+			parts: []string{"90d"},
 		},
 		{
 			name:  "empty",

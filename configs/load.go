@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -24,6 +25,7 @@ type File struct {
 	Control string
 	// Metrics is the listen address of the Prometheus endpoint (empty: off).
 	Metrics   string
+	Retention Retention
 	Sources   []Entry
 	Mappings  []*yaml.Node
 	Receivers []Entry
@@ -33,6 +35,15 @@ type File struct {
 type Log struct {
 	Level  string `yaml:"level"`  // debug, info, warn, error
 	Format string `yaml:"format"` // text or json
+}
+
+// Retention bounds what the state keeps.
+type Retention struct {
+	// Log is how long the event log keeps an event once every receiver
+	// has it and a newer event of the same object exists (0: for ever).
+	// The newest event of every live object stays, so replays and new
+	// receivers still get the whole current state.
+	Log time.Duration `yaml:"log"`
 }
 
 // Entry is one source or receiver: its name, type and whole node.
@@ -47,6 +58,7 @@ type top struct {
 	Log       Log         `yaml:"log"`
 	Control   string      `yaml:"control"`
 	Metrics   string      `yaml:"metrics"`
+	Retention Retention   `yaml:"retention"`
 	Sources   []yaml.Node `yaml:"sources"`
 	Mappings  []yaml.Node `yaml:"mappings"`
 	Receivers []yaml.Node `yaml:"receivers"`
@@ -90,7 +102,7 @@ func Parse(path string, data []byte) (*File, error) {
 	if err := Decode(path, root, &t); err != nil {
 		return nil, err
 	}
-	f := &File{Path: path, State: t.State, Log: t.Log, Control: t.Control, Metrics: t.Metrics}
+	f := &File{Path: path, State: t.State, Log: t.Log, Control: t.Control, Metrics: t.Metrics, Retention: t.Retention}
 	var err error
 	if f.State == "" {
 		return nil, Errorf(path, root, "add e.g. `state: /var/lib/connector/state.db`", "`state` (the path of the state file) is missing")
@@ -110,6 +122,10 @@ func Parse(path string, data []byte) (*File, error) {
 			return nil, Errorf(path, keyNode(root, "metrics"), "give host:port, e.g. `metrics: 127.0.0.1:9464` (a loopback address unless the network is trusted)",
 				"metrics %q is not a listen address", f.Metrics)
 		}
+	}
+	if f.Retention.Log < 0 {
+		return nil, Errorf(path, keyNode(root, "retention"), "give a positive duration such as 2160h (90 days), or leave it out to keep every event",
+			"retention.log %v is negative", f.Retention.Log)
 	}
 	if len(t.Sources) == 0 {
 		return nil, Errorf(path, root, "add at least one entry under `sources:`", "no sources are configured")

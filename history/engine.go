@@ -321,11 +321,7 @@ func (e *Engine) begin(tx *state.Tx, src *SourceInfo, txid string) (*batchCtx, e
 	if err != nil {
 		return nil, err
 	}
-	var seq uint64
-	if k, _ := tx.Last(state.Log); k != nil {
-		seq = state.ParseU64(k)
-	}
-	bc := &batchCtx{tx: tx, src: src, ss: &ss, seq: seq, txid: txid, emission: EmissionLive}
+	bc := &batchCtx{tx: tx, src: src, ss: &ss, seq: LastSequence(tx), txid: txid, emission: EmissionLive}
 	if e.opt.Committed != nil {
 		bc.keep = max(e.opt.KeepLogged, 0)
 	}

@@ -96,10 +96,7 @@ func SaveCursor(tx *state.Tx, name string, c Cursor) error {
 }
 
 // LastSequence is the newest sequence in the log (0 if empty).
-func LastSequence(tx *state.Tx) uint64 {
-	k, _ := tx.Last(state.Log)
-	return state.ParseU64(k)
-}
+func LastSequence(tx *state.Tx) uint64 { return history.LastSequence(tx) }
 
 // Dispatcher delivers the log to receivers.
 type Dispatcher struct {

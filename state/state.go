@@ -5,7 +5,9 @@
 // The package stores bytes; history owns what they mean. Its invariants:
 //   - everything one batch changes is written in one bbolt write transaction
 //     (Update), so a crash leaves all of it or none;
-//   - the log is keyed by a gap-free sequence number (big-endian uint64);
+//   - the log is keyed by a sequence number (big-endian uint64), gap-free as
+//     written; compaction (history.CompactLog) removes only events every
+//     receiver has, and never the last;
 //   - a file from a newer format, a corrupt file or a file locked by another
 //     process is refused with a message that says what to do.
 package state

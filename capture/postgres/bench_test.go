@@ -29,6 +29,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/capturetest"
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/state"
 	"github.com/os2sandbox/connector/testenv"
@@ -260,7 +261,7 @@ func measure(b *testing.B, f *walFixture) {
 				measured.source = r
 			}
 		}
-		measured.rssMiB = vmHWM()
+		measured.rssMiB = capturetest.PeakRSS()
 	})
 }
 
@@ -514,17 +515,17 @@ func BenchmarkLargeTransaction1M(b *testing.B) {
 		e := newEnv(b, "CREATE TABLE lt (id int PRIMARY KEY, a text, b text, c numeric, d timestamptz)")
 		src, _ := e.source("tables: [public.lt]")
 		sink := &countSink{}
-		r := start(b, src, sink, nil)
-		waitFor(b, 20*time.Second, "streaming", func() bool { return sink.cp.Load() != nil })
+		r := capturetest.Start(b, src, sink, nil)
+		capturetest.WaitFor(b, 20*time.Second, "streaming", func() bool { return sink.cp.Load() != nil })
 		peak := heapSampler(b)
 		e.exec(`INSERT INTO lt SELECT i, md5(i::text) || md5((i+1)::text), repeat('x', 100), i * 1.5, now() FROM generate_series(1, 1000000) i`)
 		committed := time.Now()
-		waitFor(b, 10*time.Minute, "1,000,000 changes", func() bool { return sink.changes.Load() == 1_000_000 })
+		capturetest.WaitFor(b, 10*time.Minute, "1,000,000 changes", func() bool { return sink.changes.Load() == 1_000_000 })
 		took := time.Since(committed)
-		r.stop()
+		r.Stop()
 		b.ReportMetric(1e6/took.Seconds(), "events/s")
 		b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MiB")
-		b.ReportMetric(vmHWM(), "peak-RSS-MiB")
+		b.ReportMetric(capturetest.PeakRSS(), "peak-RSS-MiB")
 	}
 }
 
@@ -548,7 +549,7 @@ func BenchmarkCommitToApplyLatency(b *testing.B) {
 			count.Add(int64(len(bt.Changes)))
 			return nil
 		})
-		r := start(b, src, sink, nil)
+		r := capturetest.Start(b, src, sink, nil)
 		// The test cluster runs with synchronous_commit = off, which leaves
 		// commits unflushed (and undecodable) for up to wal_writer_delay.
 		e.exec("SET synchronous_commit = on")
@@ -562,8 +563,8 @@ func BenchmarkCommitToApplyLatency(b *testing.B) {
 			id += perTx
 		}
 		tick.Stop()
-		waitFor(b, 30*time.Second, "all changes", func() bool { return count.Load() == int64(id) })
-		r.stop()
+		capturetest.WaitFor(b, 30*time.Second, "all changes", func() bool { return count.Load() == int64(id) })
+		r.Stop()
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
@@ -587,10 +588,10 @@ func BenchmarkAgentToFileReceiver(b *testing.B) {
 func benchAgent(b *testing.B, slot string, receiver func() string, count func(dir string) (int, error)) {
 	f := getFixture(b)
 	measure(b, f)
-	bin := connectorBinary(b)
+	bin := capturetest.Binary(b)
 	for range b.N {
 		dir := b.TempDir()
-		writeAgentConfig(b, dir, benchAgentConfig(f, slot, receiver()))
+		capturetest.WriteConfig(b, dir, benchAgentConfig(f, slot, receiver()))
 		// A stored checkpoint at the slot's start: the agent replays the
 		// WAL instead of taking a snapshot.
 		seedCheckpoint(b, f, dir, slot)
@@ -638,12 +639,12 @@ func BenchmarkAgentLatency(b *testing.B) {
 		seconds = v
 	}
 	const perTx, interval = 50, 10 * time.Millisecond
-	bin := connectorBinary(b)
+	bin := capturetest.Binary(b)
 	for range b.N {
 		e := newEnv(b, "CREATE TABLE lat (id int PRIMARY KEY, v text)")
 		dir := b.TempDir()
 		cfg := fileAgentConfig(e, "public.lat", "Row", "{v: v}", "")
-		writeAgentConfig(b, dir, cfg)
+		capturetest.WriteConfig(b, dir, cfg)
 		cmd := exec.Command(bin, "run", "-c", "connector.yaml")
 		cmd.Dir = dir
 		var logs bytes.Buffer
@@ -662,7 +663,7 @@ func BenchmarkAgentLatency(b *testing.B) {
 				<-exited
 			}
 		}
-		waitFor(b, 30*time.Second, "the agent streaming", func() bool {
+		capturetest.WaitFor(b, 30*time.Second, "the agent streaming", func() bool {
 			_, active, _ := e.slot("connector_pg")
 			return active
 		})
@@ -896,21 +897,6 @@ receivers:
 type sinkFunc func(context.Context, capture.Batch) error
 
 func (f sinkFunc) Apply(ctx context.Context, b capture.Batch) error { return f(ctx, b) }
-
-// vmHWM is the process's peak resident set (MiB).
-func vmHWM() float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			kb, _ := strconv.Atoi(strings.Fields(line)[1])
-			return float64(kb) / 1024
-		}
-	}
-	return 0
-}
 
 func countLines(path string) (int, error) {
 	f, err := os.Open(path)

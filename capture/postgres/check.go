@@ -9,6 +9,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // server is what the checks learned about the server.
@@ -172,8 +175,8 @@ func (s *Source) inspect(ctx context.Context, c *pgx.Conn) (*server, []error, er
 		case slot.Active:
 			// Retried by Run: it may be our own previous connection that
 			// the server has not seen close yet.
-			problems = append(problems, errTransient{fmt.Errorf("%s: replication slot %q is in use by another client (pid %d); stop that client (SELECT pg_terminate_backend(%d)) or set slot: to a name of its own",
-				where, s.cfg.Slot, slot.ActivePID, slot.ActivePID)})
+			problems = append(problems, capture.Transient(fmt.Errorf("%s: replication slot %q is in use by another client (pid %d); stop that client (SELECT pg_terminate_backend(%d)) or set slot: to a name of its own",
+				where, s.cfg.Slot, slot.ActivePID, slot.ActivePID)))
 		}
 	}
 	srv.Slot = slot
@@ -411,7 +414,7 @@ func (s *Source) tableProblems(t *tableInfo, user string, version int) []error {
 // inspectTable reads a table's columns, key and replica identity; nil if it
 // does not exist.
 func (s *Source) inspectTable(ctx context.Context, c *pgx.Conn, name string) (*tableInfo, error) {
-	schema, table, _ := splitTable(name)
+	schema, table, _ := sqltable.Split(name)
 	t := &tableInfo{Name: name}
 	var isPartition bool
 	var version int

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/os2sandbox/connector/capture/capturetest"
 	"github.com/os2sandbox/connector/configs"
 	"github.com/os2sandbox/connector/testenv"
 )
@@ -109,7 +110,7 @@ func TestCheckFailures(t *testing.T) {
 			}
 			// Run refuses the same way (except for retryable network errors).
 			if !isTransient(err) {
-				if rerr := src.Run(ctx, nil, newSink(nil)); rerr == nil || !strings.Contains(rerr.Error(), tt.want[0]) {
+				if rerr := src.Run(ctx, nil, capturetest.NewSink(nil)); rerr == nil || !strings.Contains(rerr.Error(), tt.want[0]) {
 					t.Errorf("Run: %v, want %q", rerr, tt.want[0])
 				}
 			}

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -16,6 +15,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // sessionParams make the text form of values the same on every connection
@@ -144,26 +146,11 @@ func (s *Source) connectReplication(ctx context.Context) (*pgconn.PgConn, error)
 	return c, nil
 }
 
-// errTransient marks errors worth a retry with backoff (the server is
-// restarting, the network failed); everything else stops Run.
-type errTransient struct{ error }
-
-func (e errTransient) Unwrap() error { return e.error }
-
-// errFatal marks an error that a retry cannot cure (a TLS certificate that
-// does not verify) although it wraps a network error.
-type errFatal struct{ error }
-
-func (e errFatal) Unwrap() error { return e.error }
-
+// isTransient says whether Run retries after err with backoff (the server
+// is restarting, the network failed); everything else stops Run.
 func isTransient(err error) bool {
-	var t errTransient
-	if errors.As(err, &t) {
-		return true
-	}
-	var f errFatal
-	if errors.As(err, &f) {
-		return false
+	if transient, marked := capture.Marked(err); marked {
+		return transient
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -176,9 +163,7 @@ func isTransient(err error) bool {
 		}
 		return false
 	}
-	var netErr net.Error
-	if errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) {
+	if capture.NetworkFailure(err) {
 		return true
 	}
 	return pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed") ||
@@ -217,11 +202,11 @@ func (s *Source) explainConnect(err error, cfg *pgconn.Config) error {
 			}
 		case "53300":
 			if strings.Contains(pgErr.Message, "wal_senders") || strings.Contains(pgErr.Message, "standby") {
-				return errTransient{fmt.Errorf("%s: all max_wal_senders are in use at %s; raise it (ALTER SYSTEM SET max_wal_senders = 20, then restart the server) or stop an unused replication client: %w", where, addr, pgErr)}
+				return capture.Transient(fmt.Errorf("%s: all max_wal_senders are in use at %s; raise it (ALTER SYSTEM SET max_wal_senders = 20, then restart the server) or stop an unused replication client: %w", where, addr, pgErr))
 			}
-			return errTransient{fmt.Errorf("%s: too many connections at %s; raise max_connections or free connections: %w", where, addr, pgErr)}
+			return capture.Transient(fmt.Errorf("%s: too many connections at %s; raise max_connections or free connections: %w", where, addr, pgErr))
 		case "57P03":
-			return errTransient{fmt.Errorf("%s: the server at %s is starting up or shutting down: %w", where, addr, pgErr)}
+			return capture.Transient(fmt.Errorf("%s: the server at %s is starting up or shutting down: %w", where, addr, pgErr))
 		}
 		return fmt.Errorf("%s: connect to %s: %w", where, addr, pgErr)
 	}
@@ -229,40 +214,18 @@ func (s *Source) explainConnect(err error, cfg *pgconn.Config) error {
 	var hostErr x509.HostnameError
 	var invErr x509.CertificateInvalidError
 	if errors.As(err, &certErr) || errors.As(err, &hostErr) || errors.As(err, &invErr) || strings.Contains(err.Error(), "x509:") {
-		return errFatal{fmt.Errorf("%s: TLS verification of %s failed (%s); give the server's CA with sslrootcert=/path/to/ca.pem in dsn (sslmode=verify-full checks the host name too); sslmode=disable only on a trusted network: %w",
-			where, addr, tlsReason(err), err)}
+		return capture.Permanent(fmt.Errorf("%s: TLS verification of %s failed (%s); give the server's CA with sslrootcert=/path/to/ca.pem in dsn (sslmode=verify-full checks the host name too); sslmode=disable only on a trusted network: %w",
+			where, addr, capture.TLSReason(err), err))
 	}
 	if strings.Contains(err.Error(), "server refused TLS connection") {
-		return errFatal{fmt.Errorf("%s: the server at %s does not offer TLS; enable ssl = on on the server (with a certificate), or set sslmode=disable in dsn if the network is trusted: %w", where, addr, err)}
+		return capture.Permanent(fmt.Errorf("%s: the server at %s does not offer TLS; enable ssl = on on the server (with a certificate), or set sslmode=disable in dsn if the network is trusted: %w", where, addr, err))
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) || errors.Is(err, syscall.ECONNREFUSED) {
-		return errTransient{fmt.Errorf("%s: cannot reach PostgreSQL at %s: %s; check host and port in dsn, that the server runs and listens there (listen_addresses, port), and that no firewall blocks it: %w",
-			where, addr, netReason(err), err)}
+		return capture.Transient(fmt.Errorf("%s: cannot reach PostgreSQL at %s: %s; check host and port in dsn, that the server runs and listens there (listen_addresses, port), and that no firewall blocks it: %w",
+			where, addr, capture.NetReason(err), err))
 	}
 	return fmt.Errorf("%s: connect to %s: %w", where, addr, err)
-}
-
-func tlsReason(err error) string {
-	msg := err.Error()
-	if i := strings.Index(msg, "x509: "); i >= 0 {
-		return msg[i:]
-	}
-	return msg
-}
-
-func netReason(err error) string {
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
-	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout"):
-		return "timed out"
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return "unknown host " + dnsErr.Name
-	}
-	return "network error"
 }
 
 // quoteIdent quotes an identifier for SQL shown to users (and run): plain
@@ -276,7 +239,7 @@ func quoteIdent(s string) string {
 
 // quoteTable quotes "schema.table".
 func quoteTable(t string) string {
-	schema, table, _ := splitTable(t)
+	schema, table, _ := sqltable.Split(t)
 	return quoteIdent(schema) + "." + quoteIdent(table)
 }
 

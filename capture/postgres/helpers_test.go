@@ -2,15 +2,11 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"regexp"
-	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/capturetest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -97,7 +94,7 @@ func (e *env) exec(sqls ...string) {
 func (e *env) dsn(user string) string { return e.pg.DSN(user, e.db) }
 
 // source builds a source from YAML lines (dsn added unless given).
-func (e *env) source(lines ...string) (*Source, *memLog) {
+func (e *env) source(lines ...string) (*Source, *capturetest.Log) {
 	e.t.Helper()
 	y := strings.Join(lines, "\n")
 	if !strings.Contains(y, "dsn:") {
@@ -107,7 +104,7 @@ func (e *env) source(lines ...string) (*Source, *memLog) {
 	if err := yaml.Unmarshal([]byte(y), &doc); err != nil {
 		e.t.Fatal(err)
 	}
-	log := &memLog{}
+	log := newLog()
 	src, err := New(doc.Content[0], capture.Options{Name: e.name, File: "test.yaml", Log: log})
 	if err != nil {
 		e.t.Fatal(err)
@@ -115,276 +112,12 @@ func (e *env) source(lines ...string) (*Source, *memLog) {
 	return src, log
 }
 
-// memLog keeps log lines for assertions.
-type memLog struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *memLog) add(level, msg string, args ...any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	line := level + " " + msg
-	for i := 0; i+1 < len(args); i += 2 {
-		line += fmt.Sprintf(" %v=%v", args[i], args[i+1])
-	}
-	l.lines = append(l.lines, line)
-	if os.Getenv("PGTEST_LOG") != "" {
-		fmt.Fprintln(os.Stderr, level, msg, args)
-	}
-}
-func (l *memLog) Info(msg string, args ...any)  { l.add("INFO", msg, args...) }
-func (l *memLog) Warn(msg string, args ...any)  { l.add("WARN", msg, args...) }
-func (l *memLog) Error(msg string, args ...any) { l.add("ERROR", msg, args...) }
-func (l *memLog) Debug(msg string, args ...any) {}
-
-func (l *memLog) has(sub string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, s := range l.lines {
-		if strings.Contains(s, sub) {
-			return true
-		}
-	}
-	return false
-}
-
-// memSink is the engine as far as the source can tell: it stages snapshot
-// runs until End, keeps the current rows (filling Unchanged columns from
-// them), and the last durable checkpoint. failAt makes that Apply call fail
-// (a crash before commit).
-type memSink struct {
-	mu      sync.Mutex
-	keys    map[string][]string // record → key columns
-	rows    map[string]map[string]map[string]any
-	staged  map[string]map[string]map[string]any
-	stageID string
-	batches []capture.Batch
-	cp      []byte
-	seen    map[string]int // ChangeKey → deliveries
-	calls   int
-	failAt  int
-	delay   atomic.Int64 // nanoseconds per Apply
-	// onApply runs before a batch is made durable; an error fails Apply.
-	onApply  func(capture.Batch) error
-	problems []string
-	changes  int
-}
-
-// crashOnStreamBatch makes Apply fail, as a crash before the commit would,
-// on the nth stream batch with changes from now on.
-func (s *memSink) crashOnStreamBatch(n int) {
-	withRows := 0
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.onApply = func(b capture.Batch) error {
-		if len(b.Changes) > 0 && b.Snapshot == nil {
-			if withRows++; withRows == n {
-				return errors.New("simulated crash before commit")
-			}
-		}
-		return nil
-	}
-}
-
-func newSink(keys map[string][]string) *memSink {
-	return &memSink{keys: keys, rows: map[string]map[string]map[string]any{}, seen: map[string]int{}}
-}
-
-func (s *memSink) keyOf(record string, row map[string]any) string {
-	var parts []string
-	for _, k := range s.keys[record] {
-		parts = append(parts, fmt.Sprint(row[k]))
-	}
-	return strings.Join(parts, "|")
-}
-
-func (s *memSink) Apply(ctx context.Context, b capture.Batch) error {
-	if d := time.Duration(s.delay.Load()); d > 0 {
-		time.Sleep(d)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.calls++
-	if s.failAt > 0 && s.calls == s.failAt {
-		return errors.New("simulated crash before commit")
-	}
-	if s.onApply != nil {
-		if err := s.onApply(b); err != nil {
-			return err
-		}
-	}
-	if m := b.Snapshot; m != nil {
-		if m.Begin {
-			s.staged, s.stageID = map[string]map[string]map[string]any{}, m.ID
-		}
-		if s.stageID != m.ID || s.staged == nil {
-			return fmt.Errorf("%w: snapshot run %q: batch without a Begin", capture.ErrNoRun, m.ID)
-		}
-		for _, c := range b.Changes {
-			if c.Op != capture.OpSnapshot {
-				s.problems = append(s.problems, "snapshot batch with op "+c.Op.String())
-			}
-			if s.staged[c.Record] == nil {
-				s.staged[c.Record] = map[string]map[string]any{}
-			}
-			k := s.keyOf(c.Record, c.Values)
-			if _, dup := s.staged[c.Record][k]; dup {
-				s.problems = append(s.problems, "snapshot delivered "+c.Record+" "+k+" twice")
-			}
-			s.staged[c.Record][k] = c.Values
-		}
-		if m.End {
-			for _, r := range m.Records {
-				s.rows[r] = s.staged[r]
-				if s.rows[r] == nil {
-					s.rows[r] = map[string]map[string]any{}
-				}
-			}
-			s.staged, s.stageID = nil, ""
-		}
-	} else {
-		for _, c := range b.Changes {
-			s.applyChange(c)
-		}
-	}
-	s.changes += len(b.Changes)
-	s.batches = append(s.batches, b)
-	if b.Checkpoint != nil {
-		s.cp = b.Checkpoint
-	}
-	return nil
-}
-
-func (s *memSink) applyChange(c capture.Change) {
-	if c.ChangeKey != "" {
-		s.seen[c.ChangeKey]++
-		if s.seen[c.ChangeKey] > 1 {
-			s.problems = append(s.problems, "change "+c.ChangeKey+" delivered twice")
-		}
-	}
-	tab := s.rows[c.Record]
-	if tab == nil {
-		tab = map[string]map[string]any{}
-		s.rows[c.Record] = tab
-	}
-	switch c.Op {
-	case capture.OpTruncate:
-		s.rows[c.Record] = map[string]map[string]any{}
-	case capture.OpDelete:
-		delete(tab, s.keyOf(c.Record, c.Values))
-	case capture.OpInsert, capture.OpUpdate:
-		row := map[string]any{}
-		for k, v := range c.Values {
-			row[k] = v
-		}
-		if len(c.Unchanged) > 0 {
-			old := tab[s.keyOf(c.Record, row)]
-			if old == nil {
-				s.problems = append(s.problems, fmt.Sprintf("unchanged columns %v of unknown row %s", c.Unchanged, c.ChangeKey))
-			}
-			for _, u := range c.Unchanged {
-				row[u] = old[u]
-			}
-		}
-		if c.OldKey != nil {
-			delete(tab, s.keyOf(c.Record, c.OldKey))
-		}
-		tab[s.keyOf(c.Record, row)] = row
-	}
-}
-
-func (s *memSink) snapshotOf(record string) map[string]map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := map[string]map[string]any{}
-	for k, v := range s.rows[record] {
-		out[k] = v
-	}
-	return out
-}
-
-func (s *memSink) checkpoint() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cp
-}
-
-func (s *memSink) all() []capture.Batch {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]capture.Batch(nil), s.batches...)
-}
-
-func (s *memSink) streamed() []capture.Change {
-	var out []capture.Change
-	for _, b := range s.all() {
-		if b.Snapshot == nil {
-			out = append(out, b.Changes...)
-		}
-	}
-	return out
-}
-
-func (s *memSink) noProblems(t testing.TB) {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.problems) > 0 {
-		t.Fatalf("sink saw problems:\n%s", strings.Join(s.problems, "\n"))
-	}
-}
-
-// running is a Run in the background.
-type running struct {
-	cancel context.CancelFunc
-	errc   chan error
-	once   sync.Once
-	err    error
-}
-
-func start(t testing.TB, src *Source, sink capture.Sink, cp []byte) *running {
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{cancel: cancel, errc: make(chan error, 1)}
-	go func() { r.errc <- src.Run(ctx, cp, sink) }()
-	t.Cleanup(func() { r.stop() })
-	return r
-}
-
-func (r *running) stop() error {
-	r.once.Do(func() {
-		r.cancel()
-		r.err = <-r.errc
-	})
-	return r.err
-}
-
-// exited returns Run's error if it has ended.
-func (r *running) exited(wait time.Duration) (error, bool) {
-	select {
-	case err := <-r.errc:
-		r.once.Do(func() { r.err = err })
-		return err, true
-	case <-time.After(wait):
-		return nil, false
-	}
-}
-
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s", timeout, what)
-}
+// newLog is a log for assertions; PGTEST_LOG=1 prints it too.
+func newLog() *capturetest.Log { return &capturetest.Log{Echo: os.Getenv("PGTEST_LOG") != ""} }
 
 // tableRows reads a table as the source would deliver it (same text
-// decoding), keyed like memSink.
-func (e *env) tableRows(src *Source, sink *memSink, table string) map[string]map[string]any {
+// decoding), keyed like capturetest.Sink.
+func (e *env) tableRows(src *Source, sink *capturetest.Sink, table string) map[string]map[string]any {
 	e.t.Helper()
 	ctx := context.Background()
 	c, err := src.connect(ctx)
@@ -404,42 +137,12 @@ func (e *env) tableRows(src *Source, sink *memSink, table string) map[string]map
 			e.t.Fatal(err)
 		}
 		for _, r := range rows {
-			out[sink.keyOf(table, r.Values)] = r.Values
+			out[sink.KeyOf(table, r.Values)] = r.Values
 		}
 		if len(rows) < src.cfg.SnapshotChunkSize {
 			return out
 		}
 		after = last
-	}
-}
-
-// sameRows compares two row sets and reports the first differences.
-func sameRows(t testing.TB, what string, got, want map[string]map[string]any) {
-	t.Helper()
-	var diffs []string
-	for k, w := range want {
-		g, ok := got[k]
-		if !ok {
-			diffs = append(diffs, "missing "+k)
-			continue
-		}
-		gj, _ := json.Marshal(g)
-		wj, _ := json.Marshal(w)
-		if string(gj) != string(wj) {
-			diffs = append(diffs, fmt.Sprintf("row %s: got %s, want %s", k, gj, wj))
-		}
-	}
-	for k := range got {
-		if _, ok := want[k]; !ok {
-			diffs = append(diffs, "extra "+k)
-		}
-	}
-	sort.Strings(diffs)
-	if len(diffs) > 0 {
-		if len(diffs) > 10 {
-			diffs = append(diffs[:10], fmt.Sprintf("... %d more", len(diffs)-10))
-		}
-		t.Fatalf("%s: %d rows vs %d expected:\n%s", what, len(got), len(want), strings.Join(diffs, "\n"))
 	}
 }
 
@@ -468,14 +171,14 @@ func (d *yamlDoc) parse(t testing.TB, s string) {
 }
 
 func optsFor(e *env) capture.Options {
-	return capture.Options{Name: e.name, File: "test.yaml", Log: &memLog{}}
+	return capture.Options{Name: e.name, File: "test.yaml", Log: newLog()}
 }
 
 // waitInactive waits until no walsender holds the slot (the server notices
 // a closed replication connection a moment later).
 func (e *env) waitInactive(slot string) {
 	e.t.Helper()
-	waitFor(e.t, 10*time.Second, "slot "+slot+" inactive", func() bool {
+	capturetest.WaitFor(e.t, 10*time.Second, "slot "+slot+" inactive", func() bool {
 		_, active, _ := e.slot(slot)
 		return !active
 	})

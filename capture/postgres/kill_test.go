@@ -1,58 +1,22 @@
 package postgres
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/os2sandbox/connector/capture/capturetest"
+	"github.com/os2sandbox/connector/publish/file/filetest"
 )
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// connectorBinary builds cmd/connector once per test process.
-func connectorBinary(t testing.TB) string {
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "connector-pg-e2e")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "connector")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/os2sandbox/connector/cmd/connector").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("build cmd/connector: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
-// writeAgentConfig writes the agent's connector.yaml into dir.
-func writeAgentConfig(t testing.TB, dir, cfg string) {
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, "connector.yaml"), []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // fileAgentConfig is an agent's configuration for one table of e: source
 // "pg" (with extra, indented source settings, if any), one mapping of typ
@@ -81,16 +45,6 @@ receivers:
 `, e.dsn("postgres"), table, extra, typ, table, fields)
 }
 
-// runAgentOnce runs `connector run --once` on dir's connector.yaml.
-func runAgentOnce(t testing.TB, bin, dir string) {
-	t.Helper()
-	cmd := exec.Command(bin, "run", "--once", "-c", "connector.yaml")
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("connector run --once: %v\n%s", err, out)
-	}
-}
-
 // TestKill9 runs `connector run` (the real engine, state file and file
 // receiver) against PostgreSQL while a workload of inserts, updates and
 // deletes runs, SIGKILLs it at 20 random moments and restarts it each
@@ -103,14 +57,14 @@ func TestKill9(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("PG_KILL_CHANGES")); err == nil && v > 0 {
 		changes = v
 	}
-	bin := connectorBinary(t)
+	bin := capturetest.Binary(t)
 	const seed = 1000
 	e := newEnv(t, "CREATE TABLE person (id int PRIMARY KEY, name text, n int)",
 		fmt.Sprintf("INSERT INTO person SELECT i, 'p' || i, 0 FROM generate_series(1, %d) i", seed))
 	dir := t.TempDir()
 	cfg := fileAgentConfig(e, "public.person", "Person", "{name: name, n: n}", "    heartbeat_interval: 1s\n")
-	writeAgentConfig(t, dir, cfg)
-	runOnce := func() { t.Helper(); runAgentOnce(t, bin, dir) }
+	capturetest.WriteConfig(t, dir, cfg)
+	runOnce := func() { t.Helper(); capturetest.RunOnce(t, bin, dir) }
 	// The initial load first (crashes inside a snapshot are covered by
 	// TestSnapshotResumeAfterCrash): then every change maps to one event.
 	runOnce()
@@ -186,21 +140,8 @@ func TestKill9(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
 	kills := 0
 	for kills < 20 {
-		cmd := exec.Command(bin, "run", "-c", "connector.yaml")
-		cmd.Dir = dir
-		var se bytes.Buffer
-		cmd.Stderr = &se
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		after := time.Duration(200+rng.IntN(1300)) * time.Millisecond
-		time.Sleep(after)
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		capturetest.RunAndKill(t, bin, dir, time.Duration(200+rng.IntN(1300))*time.Millisecond)
 		kills++
-		if strings.Contains(se.String(), "level=ERROR") {
-			t.Fatalf("agent reported an error before kill %d:\n%s", kills, se.String())
-		}
 		// The killed walsender is noticed by the server at once; give
 		// it a moment so the next start does not retry for the slot.
 		e.waitInactive("connector_pg")
@@ -214,11 +155,11 @@ func TestKill9(t *testing.T) {
 
 	// Every change is one event, reached the receiver, in sequence.
 	want := seed + inserted + updated + deleted
-	f, err := os.Open(filepath.Join(dir, "events.jsonl"))
-	if err != nil {
-		t.Fatal(err)
+	lines, dups := filetest.Delivered(t, filepath.Join(dir, "events.jsonl"))
+	if len(lines) != want {
+		t.Fatalf("%d events, want %d (%d snapshot + %d inserts + %d updates + %d deletes)",
+			len(lines), want, seed, inserted, updated, deleted)
 	}
-	defer f.Close()
 	type ev struct {
 		EventID   string              `json:"eventId"`
 		Sequence  uint64              `json:"sequence"`
@@ -226,36 +167,13 @@ func TestKill9(t *testing.T) {
 		Object    struct{ ID string } `json:"object"`
 		After     map[string]any      `json:"after"`
 	}
-	bySeq := map[uint64]string{}
-	ids := map[string]bool{}
 	last := map[string]ev{}
-	dups := 0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
+	for _, l := range lines {
 		var x ev
-		if err := json.Unmarshal(sc.Bytes(), &x); err != nil {
-			t.Fatalf("events.jsonl: %v", err)
+		if err := json.Unmarshal([]byte(l), &x); err != nil {
+			t.Fatal(err)
 		}
-		if prev, ok := bySeq[x.Sequence]; ok {
-			dups++
-			if prev != sc.Text() {
-				t.Fatalf("sequence %d delivered twice with different content:\n%s\n%s", x.Sequence, prev, sc.Text())
-			}
-			continue
-		}
-		bySeq[x.Sequence] = sc.Text()
-		ids[x.EventID] = true
 		last[x.Object.ID] = x
-	}
-	for seq := uint64(1); seq <= uint64(want); seq++ {
-		if _, ok := bySeq[seq]; !ok {
-			t.Fatalf("sequence %d missing (want %d events: %d snapshot + %d inserts + %d updates + %d deletes)", seq, want, seed, inserted, updated, deleted)
-		}
-	}
-	if len(bySeq) != want || len(ids) != want {
-		t.Fatalf("%d sequences and %d event ids, want %d (%d snapshot + %d inserts + %d updates + %d deletes)",
-			len(bySeq), len(ids), want, seed, inserted, updated, deleted)
 	}
 	// The last event of each object agrees with the table.
 	rows, err := e.conn.Query(context.Background(), "SELECT id, n FROM person")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/capturetest"
 )
 
 const partitionedSetup = `CREATE TABLE m (id int, region text, name text, PRIMARY KEY (id, region)) PARTITION BY LIST (region)`
@@ -27,11 +28,11 @@ func TestPartitionedTable(t *testing.T) {
 	// Small chunks and batches: the snapshot reads the root in key ranges,
 	// and a moved row's delete and insert straddle batch cuts.
 	src, log := e.source("tables: [public.m]", "snapshot_chunk_size: 3", "batch_size: 3")
-	sink := newSink(map[string][]string{"public.m": {"id", "region"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.snapshotOf("public.m")) == 10 })
-	sameRows(t, "snapshot", sink.snapshotOf("public.m"), e.tableRows(src, sink, "public.m"))
-	if !log.has("created publication") {
+	sink := capturetest.NewSink(map[string][]string{"public.m": {"id", "region"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.Rows("public.m")) == 10 })
+	capturetest.SameRows(t, "snapshot", sink.Rows("public.m"), e.tableRows(src, sink, "public.m"))
+	if !log.Has("created publication") {
 		t.Fatal("no publication created")
 	}
 	var viaRoot bool
@@ -75,8 +76,8 @@ func TestPartitionedTable(t *testing.T) {
 	seen := 0
 	for _, step := range steps {
 		e.exec(step.sql)
-		waitFor(t, 10*time.Second, step.name, func() bool { return len(sink.streamed()) >= seen+len(step.want) })
-		got := sink.streamed()[seen:]
+		capturetest.WaitFor(t, 10*time.Second, step.name, func() bool { return len(sink.Streamed()) >= seen+len(step.want) })
+		got := sink.Streamed()[seen:]
 		if len(got) != len(step.want) {
 			t.Fatalf("%s: %d changes, want %d: %+v", step.name, len(got), len(step.want), got)
 		}
@@ -92,7 +93,7 @@ func TestPartitionedTable(t *testing.T) {
 		}
 		seen += len(step.want)
 	}
-	sameRows(t, "after streaming", sink.snapshotOf("public.m"), e.tableRows(src, sink, "public.m"))
+	capturetest.SameRows(t, "after streaming", sink.Rows("public.m"), e.tableRows(src, sink, "public.m"))
 
 	// Not in the stream (pgoutput publishes neither): a TRUNCATE of one
 	// partition, and the rows of a table attached as a partition. A
@@ -102,8 +103,8 @@ func TestPartitionedTable(t *testing.T) {
 		"INSERT INTO m_east VALUES (40, 'east', 'e')",
 		"ALTER TABLE m ATTACH PARTITION m_east FOR VALUES IN ('east')",
 		"INSERT INTO m VALUES (41, 'north', 'marker')")
-	waitFor(t, 10*time.Second, "the marker insert", func() bool { return len(sink.streamed()) == seen+1 })
-	if _, ok := sink.snapshotOf("public.m")["40|east"]; ok {
+	capturetest.WaitFor(t, 10*time.Second, "the marker insert", func() bool { return len(sink.Streamed()) == seen+1 })
+	if _, ok := sink.Rows("public.m")["40|east"]; ok {
 		t.Fatal("the attached table's row arrived through the stream; update the documentation")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -111,8 +112,8 @@ func TestPartitionedTable(t *testing.T) {
 	if err := src.Snapshot(ctx, sink); err != nil {
 		t.Fatalf("Snapshot: %v", err)
 	}
-	sameRows(t, "after the reconcile", sink.snapshotOf("public.m"), e.tableRows(src, sink, "public.m"))
-	sink.noProblems(t)
+	capturetest.SameRows(t, "after the reconcile", sink.Rows("public.m"), e.tableRows(src, sink, "public.m"))
+	sink.NoProblems(t)
 }
 
 // A root without a primary key needs a usable replica identity on every
@@ -168,15 +169,15 @@ func TestPartitionedChecks(t *testing.T) {
 	// With create_publication (the default), the agent sets the option on
 	// an existing publication itself.
 	src, log := e.source("tables: [public.m]", "publication: plain2")
-	sink := newSink(map[string][]string{"public.m": {"id", "region"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "the snapshot", func() bool { return sink.checkpoint() != nil })
-	if !log.has("the publication now publishes partitioned tables through their root") {
+	sink := capturetest.NewSink(map[string][]string{"public.m": {"id", "region"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "the snapshot", func() bool { return sink.Checkpoint() != nil })
+	if !log.Has("the publication now publishes partitioned tables through their root") {
 		t.Fatal("publication not changed")
 	}
 	e.exec("INSERT INTO m VALUES (1, 'north', 'a')")
-	waitFor(t, 10*time.Second, "the insert", func() bool { return len(sink.streamed()) == 1 })
-	if c := sink.streamed()[0]; c.Record != "public.m" {
+	capturetest.WaitFor(t, 10*time.Second, "the insert", func() bool { return len(sink.Streamed()) == 1 })
+	if c := sink.Streamed()[0]; c.Record != "public.m" {
 		t.Fatalf("change of %s, want public.m", c.Record)
 	}
 }
@@ -185,15 +186,15 @@ func TestPartitionedChecks(t *testing.T) {
 // to another partition is an update of the same object, its old partition
 // key in before and the new one in after.
 func TestPartitionMoveThroughAgent(t *testing.T) {
-	bin := connectorBinary(t)
+	bin := capturetest.Binary(t)
 	e := newEnv(t, partitionedSetup,
 		"CREATE TABLE m_north PARTITION OF m FOR VALUES IN ('north')",
 		"CREATE TABLE m_south PARTITION OF m FOR VALUES IN ('south')",
 		"INSERT INTO m VALUES (1, 'south', 'a'), (2, 'north', 'b')")
 	dir := t.TempDir()
 	cfg := fileAgentConfig(e, "public.m", "Thing", "{name: name, region: region}", "")
-	writeAgentConfig(t, dir, cfg)
-	runOnce := func() { t.Helper(); runAgentOnce(t, bin, dir) }
+	capturetest.WriteConfig(t, dir, cfg)
+	runOnce := func() { t.Helper(); capturetest.RunOnce(t, bin, dir) }
 	runOnce()
 	e.exec("UPDATE m SET region = 'north' WHERE id = 1", "DELETE FROM m WHERE id = 2")
 	runOnce()
@@ -236,31 +237,29 @@ func TestPartitionMoveResume(t *testing.T) {
 		"CREATE TABLE m_south PARTITION OF m FOR VALUES IN ('south')",
 		"INSERT INTO m SELECT i, CASE WHEN i % 2 = 0 THEN 'north' ELSE 'south' END, 'n' || i FROM generate_series(1, 10) i")
 	src, _ := e.source("tables: [public.m]", "batch_size: 2")
-	sink := newSink(map[string][]string{"public.m": {"id", "region"}})
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.snapshotOf("public.m")) == 10 })
-	r.stop()
-	sink.crashOnStreamBatch(3)
-	r = start(t, src, sink, sink.checkpoint())
+	sink := capturetest.NewSink(map[string][]string{"public.m": {"id", "region"}})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.Rows("public.m")) == 10 })
+	r.Stop()
+	sink.CrashOnStreamBatch(3)
+	r = capturetest.Start(t, src, sink, sink.Checkpoint())
 	e.exec("BEGIN; DELETE FROM m WHERE region = 'south'; UPDATE m SET region = 'south' WHERE region = 'north'; COMMIT")
-	if err, ok := r.exited(20 * time.Second); !ok || err == nil || !strings.Contains(err.Error(), "simulated crash") {
+	if err, ok := r.Exited(20 * time.Second); !ok || err == nil || !strings.Contains(err.Error(), "simulated crash") {
 		t.Fatalf("Run = %v (exited %v), want the sink's error", err, ok)
 	}
-	sink.mu.Lock()
-	sink.onApply = nil
-	sink.mu.Unlock()
+	sink.SetOnApply(nil)
 	src2, _ := e.source("tables: [public.m]", "batch_size: 2")
-	start(t, src2, sink, sink.checkpoint())
-	waitFor(t, 20*time.Second, "10 changes", func() bool { return len(sink.streamed()) >= 10 })
+	capturetest.Start(t, src2, sink, sink.Checkpoint())
+	capturetest.WaitFor(t, 20*time.Second, "10 changes", func() bool { return len(sink.Streamed()) >= 10 })
 	time.Sleep(200 * time.Millisecond)
 	var ops []string
-	for _, c := range sink.streamed() {
+	for _, c := range sink.Streamed() {
 		ops = append(ops, c.Op.String())
 	}
 	want := "delete delete delete delete delete update update update update update"
 	if strings.Join(ops, " ") != want {
 		t.Fatalf("changes %v, want %s", ops, want)
 	}
-	sameRows(t, "after resume", sink.snapshotOf("public.m"), e.tableRows(src2, sink, "public.m"))
-	sink.noProblems(t)
+	capturetest.SameRows(t, "after resume", sink.Rows("public.m"), e.tableRows(src2, sink, "public.m"))
+	sink.NoProblems(t)
 }

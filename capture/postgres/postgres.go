@@ -22,12 +22,12 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 	"github.com/os2sandbox/connector/configs"
 )
 
@@ -82,10 +82,10 @@ type Source struct {
 	// key overrides by table.
 	tables []string
 
-	mu      sync.Mutex
-	id      string     // cached ID()
-	running *runHandle // non-nil while Run is active
-	types   *typeCache
+	runs capture.Runs // lets Snapshot hand its request to an active Run
+
+	id    capture.CachedID
+	types *typeCache
 }
 
 var (
@@ -148,41 +148,13 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if s.cfg.BatchSize <= 0 {
 		s.cfg.BatchSize = 2000
 	}
-	tables := cfg.Tables
-	if len(tables) == 0 {
-		tables = opts.Records
+	naming := sqltable.Naming{Qualifier: "schema", Examples: [2]string{"public.person", "public.unit"}}
+	tables, err := naming.List(sqltable.Setting{File: opts.File, Node: node, At: at, Where: where,
+		Tables: cfg.Tables, Records: opts.Records, Keys: cfg.Keys})
+	if err != nil {
+		return nil, err
 	}
-	if len(tables) == 0 {
-		return nil, configs.Errorf(opts.File, node, `e.g. tables: [public.person, public.unit]`,
-			"%s: no tables: list them under tables, or map records from this source", where)
-	}
-	seen := map[string]bool{}
-	for _, t := range tables {
-		if _, _, ok := splitTable(t); !ok {
-			return nil, configs.Errorf(opts.File, at("tables"), `write the schema too, e.g. "public.person"`,
-				"%s: table %q is not schema-qualified", where, t)
-		}
-		if !seen[t] {
-			seen[t] = true
-			s.tables = append(s.tables, t)
-		}
-	}
-	for _, r := range opts.Records {
-		if !seen[r] {
-			return nil, configs.Errorf(opts.File, at("tables"), fmt.Sprintf("add %q to tables", r),
-				"%s: the mappings read record %q, which is not among the captured tables", where, r)
-		}
-	}
-	for t, cols := range cfg.Keys {
-		if !seen[t] {
-			return nil, configs.Errorf(opts.File, at("keys"), "keys are given per captured table",
-				"%s: keys names table %q, which is not captured", where, t)
-		}
-		if len(cols) == 0 {
-			return nil, configs.Errorf(opts.File, at("keys"), "list the key columns, e.g. [id]",
-				"%s: keys for %q is empty", where, t)
-		}
-	}
+	s.tables = tables
 	s.types = newTypeCache()
 	return s, nil
 }
@@ -190,13 +162,6 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 // KeepsRows tells the engine to keep raw rows: updates may omit unchanged
 // TOAST columns and deletes may carry only the key.
 func (s *Source) KeepsRows() bool { return true }
-
-// splitTable splits "schema.table"; identifiers are taken literally (as
-// stored in the catalog, case-sensitive).
-func splitTable(t string) (schema, table string, ok bool) {
-	schema, table, ok = strings.Cut(t, ".")
-	return schema, table, ok && schema != "" && table != ""
-}
 
 func keyNode(node *yaml.Node, key string) *yaml.Node {
 	if node == nil || node.Kind != yaml.MappingNode {
@@ -208,12 +173,6 @@ func keyNode(node *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return node
-}
-
-// runHandle lets Snapshot hand a request to an active Run.
-type runHandle struct {
-	reqs chan snapRequest
-	done chan struct{} // closed when Run returns
 }
 
 type nopLogger struct{}

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/capturetest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -88,14 +89,14 @@ func (w *writer) halt() {
 }
 
 // converged waits until the sink holds exactly the tables' rows.
-func converged(t testing.TB, e *env, src *Source, sink *memSink, tables []string, timeout time.Duration) {
+func converged(t testing.TB, e *env, src *Source, sink *capturetest.Sink, tables []string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		ok := true
 		for _, tab := range tables {
 			want := e.tableRows(src, sink, tab)
-			got := sink.snapshotOf(tab)
+			got := sink.Rows(tab)
 			if len(got) != len(want) {
 				ok = false
 				break
@@ -114,7 +115,7 @@ func converged(t testing.TB, e *env, src *Source, sink *memSink, tables []string
 		}
 		if time.Now().After(deadline) {
 			for _, tab := range tables {
-				sameRows(t, tab, sink.snapshotOf(tab), e.tableRows(src, sink, tab))
+				capturetest.SameRows(t, tab, sink.Rows(tab), e.tableRows(src, sink, tab))
 			}
 			return
 		}
@@ -139,18 +140,18 @@ func TestSeamUnderConcurrentWrites(t *testing.T) {
 	w := startWriter(t, e.dsn("postgres"), []string{"s1", "s2"}, 6000)
 	time.Sleep(200 * time.Millisecond)
 	src, _ := e.source("tables: [public.s1, public.s2]", "snapshot_chunk_size: 250")
-	sink := newSink(map[string][]string{"public.s1": {"id"}, "public.s2": {"id"}})
-	sink.delay.Store(int64(20 * time.Millisecond)) // a slow engine: the snapshot spans many writes
-	start(t, src, sink, nil)
+	sink := capturetest.NewSink(map[string][]string{"public.s1": {"id"}, "public.s2": {"id"}})
+	sink.SetDelay(20 * time.Millisecond) // a slow engine: the snapshot spans many writes
+	capturetest.Start(t, src, sink, nil)
 	time.Sleep(1500 * time.Millisecond)
 	w.halt()
-	sink.delay.Store(0)
+	sink.SetDelay(0)
 	if w.ops.Load() < 100 {
 		t.Fatalf("only %d writes ran", w.ops.Load())
 	}
 	converged(t, e, src, sink, tables, 20*time.Second)
-	sink.noProblems(t)
-	t.Logf("%d writes during and after the snapshot, %d streamed changes", w.ops.Load(), len(sink.streamed()))
+	sink.NoProblems(t)
+	t.Logf("%d writes during and after the snapshot, %d streamed changes", w.ops.Load(), len(sink.Streamed()))
 }
 
 // A crash in the middle of the initial snapshot: the run goes on from its
@@ -161,30 +162,30 @@ func TestSnapshotResumeAfterCrash(t *testing.T) {
 	e := newEnv(t, seedTables(2000, "r1", "r2", "r3")...)
 	lines := []string{"tables: [public.r1, public.r2, public.r3]", "snapshot_chunk_size: 200"}
 	src, _ := e.source(lines...)
-	sink := newSink(map[string][]string{"public.r1": {"id"}, "public.r2": {"id"}, "public.r3": {"id"}})
-	sink.failAt = 16 // table 2, chunk 6
+	sink := capturetest.NewSink(map[string][]string{"public.r1": {"id"}, "public.r2": {"id"}, "public.r3": {"id"}})
+	sink.FailAt(16) // table 2, chunk 6
 	w := startWriter(t, e.dsn("postgres"), []string{"r1", "r2", "r3"}, 2500)
-	sink.delay.Store(int64(10 * time.Millisecond))
-	r := start(t, src, sink, nil)
-	err, ok := r.exited(30 * time.Second)
+	sink.SetDelay(10 * time.Millisecond)
+	r := capturetest.Start(t, src, sink, nil)
+	err, ok := r.Exited(30 * time.Second)
 	if !ok || err == nil || !strings.Contains(err.Error(), "simulated crash") {
 		t.Fatalf("Run = %v, want the simulated crash", err)
 	}
-	cp, _ := decodeCheckpoint(sink.checkpoint())
+	cp, _ := decodeCheckpoint(sink.Checkpoint())
 	if cp.Snapshot == nil || cp.Snapshot.Table != 1 || cp.Snapshot.After == nil {
 		t.Fatalf("checkpoint after the crash: %+v", cp.Snapshot)
 	}
 	runID := cp.Snapshot.ID
 	time.Sleep(300 * time.Millisecond) // writes between the crash and the restart
 	src2, log := e.source(lines...)
-	start(t, src2, sink, sink.checkpoint())
+	capturetest.Start(t, src2, sink, sink.Checkpoint())
 	time.Sleep(800 * time.Millisecond)
 	w.halt()
-	sink.delay.Store(0)
+	sink.SetDelay(0)
 	converged(t, e, src2, sink, tables, 20*time.Second)
-	sink.noProblems(t)
+	sink.NoProblems(t)
 	var begins, ends int
-	for _, b := range sink.all() {
+	for _, b := range sink.Batches() {
 		if b.Snapshot != nil {
 			if b.Snapshot.ID != runID {
 				t.Fatalf("snapshot batch of run %q, want the resumed run %q", b.Snapshot.ID, runID)
@@ -197,15 +198,15 @@ func TestSnapshotResumeAfterCrash(t *testing.T) {
 			}
 		}
 	}
-	if begins != 1 || ends != 1 || !log.has("resumed=true") {
-		t.Fatalf("begins %d ends %d; resumed logged %v", begins, ends, log.has("resumed=true"))
+	if begins != 1 || ends != 1 || !log.Has("resumed=true") {
+		t.Fatalf("begins %d ends %d; resumed logged %v", begins, ends, log.Has("resumed=true"))
 	}
 	// Replaying a change the second segment already read would not show in
 	// the final rows (full images), so check the fence directly: a streamed
 	// change committed before the second segment's point must be to a row
 	// the first segment read.
 	var segs []segment
-	for _, b := range sink.all() {
+	for _, b := range sink.Batches() {
 		if b.Snapshot != nil && !b.Snapshot.End {
 			c, _ := decodeCheckpoint(b.Checkpoint)
 			segs = c.Snapshot.Segments
@@ -216,7 +217,7 @@ func TestSnapshotResumeAfterCrash(t *testing.T) {
 	}
 	c2, boundary := mustLSN(segs[1].LSN), *segs[1].After[0]
 	var before int
-	for _, c := range sink.streamed() {
+	for _, c := range sink.Streamed() {
 		commit := mustLSN(c.ChangeKey[:strings.Index(c.ChangeKey, ":")])
 		if commit >= c2 {
 			continue
@@ -229,7 +230,7 @@ func TestSnapshotResumeAfterCrash(t *testing.T) {
 		}
 	}
 	t.Logf("%d streamed changes committed between the segments", before)
-	t.Logf("%d writes; fences: %v", w.ops.Load(), log.has("passed the snapshot's consistent points"))
+	t.Logf("%d writes; fences: %v", w.ops.Load(), log.Has("passed the snapshot's consistent points"))
 }
 
 // The slot is dropped while the agent is down: the next batch breaks the
@@ -237,49 +238,49 @@ func TestSnapshotResumeAfterCrash(t *testing.T) {
 func TestSlotDroppedWhileDown(t *testing.T) {
 	e := newEnv(t, seedTables(100, "d")...)
 	src, _ := e.source("tables: [public.d]")
-	sink := newSink(map[string][]string{"public.d": {"id"}})
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.d")) == 100 })
+	sink := capturetest.NewSink(map[string][]string{"public.d": {"id"}})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.d")) == 100 })
 	e.exec("DELETE FROM d WHERE id < 10")
-	waitFor(t, 10*time.Second, "deletes", func() bool { return len(sink.snapshotOf("public.d")) == 90 })
-	r.stop()
-	n := len(sink.all())
+	capturetest.WaitFor(t, 10*time.Second, "deletes", func() bool { return len(sink.Rows("public.d")) == 90 })
+	r.Stop()
+	n := len(sink.Batches())
 	e.waitInactive(src.cfg.Slot)
 	e.exec("SELECT pg_drop_replication_slot('" + src.cfg.Slot + "')")
 	e.exec("DELETE FROM d WHERE id < 20", "INSERT INTO d VALUES (500, 1)", "UPDATE d SET v = -1 WHERE id = 50")
 	src2, log := e.source("tables: [public.d]")
-	start(t, src2, sink, sink.checkpoint())
+	capturetest.Start(t, src2, sink, sink.Checkpoint())
 	converged(t, e, src2, sink, []string{"public.d"}, 20*time.Second)
-	b := sink.all()[n]
+	b := sink.Batches()[n]
 	if !strings.Contains(b.EpochBreak, "no longer exists") || b.Snapshot == nil || !b.Snapshot.Begin ||
 		b.Snapshot.Initial || !b.Snapshot.Reconcile {
 		t.Fatalf("first batch after the drop: epoch %q snapshot %+v", b.EpochBreak, b.Snapshot)
 	}
-	if !log.has("continuity with the checkpoint is broken") {
+	if !log.Has("continuity with the checkpoint is broken") {
 		t.Error("the break is not logged")
 	}
 	if _, _, exists := e.slot(src.cfg.Slot); !exists {
 		t.Error("slot not recreated")
 	}
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }
 
 // A slot advanced behind the agent's back is a gap too.
 func TestSlotAdvancedWhileDown(t *testing.T) {
 	e := newEnv(t, seedTables(10, "adv")...)
 	src, _ := e.source("tables: [public.adv]")
-	sink := newSink(map[string][]string{"public.adv": {"id"}})
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.adv")) == 10 })
-	r.stop()
-	n := len(sink.all())
+	sink := capturetest.NewSink(map[string][]string{"public.adv": {"id"}})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.adv")) == 10 })
+	r.Stop()
+	n := len(sink.Batches())
 	e.waitInactive(src.cfg.Slot)
 	e.exec("DELETE FROM adv WHERE id = 1", "SELECT pg_switch_wal()")
 	e.exec("SELECT pg_replication_slot_advance('" + src.cfg.Slot + "', pg_current_wal_insert_lsn())")
 	src2, _ := e.source("tables: [public.adv]")
-	start(t, src2, sink, sink.checkpoint())
+	capturetest.Start(t, src2, sink, sink.Checkpoint())
 	converged(t, e, src2, sink, []string{"public.adv"}, 20*time.Second)
-	if b := sink.all()[n]; !strings.Contains(b.EpochBreak, "was advanced to") || b.Snapshot == nil || b.Snapshot.Initial {
+	if b := sink.Batches()[n]; !strings.Contains(b.EpochBreak, "was advanced to") || b.Snapshot == nil || b.Snapshot.Initial {
 		t.Fatalf("first batch after the advance: epoch %q snapshot %+v", b.EpochBreak, b.Snapshot)
 	}
 }
@@ -290,9 +291,9 @@ func TestServerRestart(t *testing.T) {
 	p := testenv.NewPostgres(t, testenv.PostgresOptions{})
 	e := newEnvOn(t, p, seedTables(100, "rs")...)
 	src, log := e.source("tables: [public.rs]")
-	sink := newSink(map[string][]string{"public.rs": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.rs")) == 100 })
+	sink := capturetest.NewSink(map[string][]string{"public.rs": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.rs")) == 100 })
 	w := startWriter(t, e.dsn("postgres"), []string{"rs"}, 300)
 	time.Sleep(500 * time.Millisecond)
 	if err := p.Restart(); err != nil {
@@ -307,8 +308,8 @@ func TestServerRestart(t *testing.T) {
 	}
 	e.conn = c
 	converged(t, e, src, sink, []string{"public.rs"}, 30*time.Second)
-	sink.noProblems(t)
-	if !log.has("replication interrupted; reconnecting") {
+	sink.NoProblems(t)
+	if !log.Has("replication interrupted; reconnecting") {
 		t.Error("no reconnect logged")
 	}
 	t.Logf("%d writes, %d failed during the restart", w.ops.Load(), w.errors.Load())
@@ -320,10 +321,10 @@ func TestConfirmedFlushNeverPassesApply(t *testing.T) {
 	e := newEnv(t, seedTables(10, "cf")...)
 	src, _ := e.source("tables: [public.cf]", "batch_size: 50")
 	var durable atomic.Uint64
-	sink := newSink(map[string][]string{"public.cf": {"id"}})
-	sink.delay.Store(int64(30 * time.Millisecond))
+	sink := capturetest.NewSink(map[string][]string{"public.cf": {"id"}})
+	sink.SetDelay(30 * time.Millisecond)
 	var fail atomic.Bool
-	sink.onApply = func(b capture.Batch) error {
+	sink.SetOnApply(func(b capture.Batch) error {
 		if fail.Load() {
 			return fmt.Errorf("simulated disk full")
 		}
@@ -333,9 +334,9 @@ func TestConfirmedFlushNeverPassesApply(t *testing.T) {
 			durable.Store(l)
 		}
 		return nil
-	}
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.cf")) == 10 })
+	})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.cf")) == 10 })
 	var violations []string
 	var mu sync.Mutex
 	stop := make(chan struct{})
@@ -372,7 +373,7 @@ func TestConfirmedFlushNeverPassesApply(t *testing.T) {
 	w := startWriter(t, e.dsn("postgres"), []string{"cf"}, 200)
 	time.Sleep(1500 * time.Millisecond)
 	fail.Store(true)
-	err, ok := r.exited(10 * time.Second)
+	err, ok := r.Exited(10 * time.Second)
 	w.halt()
 	time.Sleep(300 * time.Millisecond)
 	close(stop)
@@ -400,9 +401,9 @@ func TestSnapshotOnDemandWhileRunning(t *testing.T) {
 	tables := []string{"public.od"}
 	e := newEnv(t, seedTables(3000, "od")...)
 	src, _ := e.source("tables: [public.od]", "snapshot_chunk_size: 500")
-	sink := newSink(map[string][]string{"public.od": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.od")) == 3000 })
+	sink := capturetest.NewSink(map[string][]string{"public.od": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.od")) == 3000 })
 	w := startWriter(t, e.dsn("postgres"), []string{"od"}, 3500)
 	time.Sleep(300 * time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -413,9 +414,9 @@ func TestSnapshotOnDemandWhileRunning(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	w.halt()
 	converged(t, e, src, sink, tables, 20*time.Second)
-	sink.noProblems(t)
+	sink.NoProblems(t)
 	var runs []*capture.SnapshotMark
-	for _, b := range sink.all() {
+	for _, b := range sink.Batches() {
 		if b.Snapshot != nil && b.Snapshot.Begin {
 			runs = append(runs, b.Snapshot)
 		}
@@ -430,21 +431,21 @@ func TestSnapshotOnDemandWhileRunning(t *testing.T) {
 func TestSnapshotStandalone(t *testing.T) {
 	e := newEnv(t, seedTables(50, "sa")...)
 	src, _ := e.source("tables: [public.sa]")
-	sink := newSink(map[string][]string{"public.sa": {"id"}})
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.sa")) == 50 })
-	r.stop()
+	sink := capturetest.NewSink(map[string][]string{"public.sa": {"id"}})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.sa")) == 50 })
+	r.Stop()
 	e.exec("DELETE FROM sa WHERE id < 5")
 	if err := src.Snapshot(context.Background(), sink); err != nil {
 		t.Fatal(err)
 	}
-	if got := len(sink.snapshotOf("public.sa")); got != 45 {
+	if got := len(sink.Rows("public.sa")); got != 45 {
 		t.Fatalf("%d rows after the reconcile, want 45", got)
 	}
 	e.exec("DELETE FROM sa WHERE id < 10")
-	start(t, src, sink, sink.checkpoint())
+	capturetest.Start(t, src, sink, sink.Checkpoint())
 	converged(t, e, src, sink, []string{"public.sa"}, 20*time.Second)
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }
 
 // countSink counts and forgets: for memory bounds and benchmarks.
@@ -468,12 +469,12 @@ func TestLargeTransactionBoundedHeap(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE h (id int PRIMARY KEY, a text, b text, c numeric, d timestamptz)")
 	src, _ := e.source("tables: [public.h]")
 	sink := &countSink{}
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "streaming", func() bool { return sink.cp.Load() != nil })
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "streaming", func() bool { return sink.cp.Load() != nil })
 	peak := heapSampler(t)
 	e.exec(`INSERT INTO h SELECT i, md5(i::text) || md5((i+1)::text), repeat('x', 100), i * 1.5, now() FROM generate_series(1, 100000) i`)
-	waitFor(t, 60*time.Second, "100000 changes", func() bool { return sink.changes.Load() == 100000 })
-	r.stop()
+	capturetest.WaitFor(t, 60*time.Second, "100000 changes", func() bool { return sink.changes.Load() == 100000 })
+	r.Stop()
 	p := peak()
 	t.Logf("peak heap in use while streaming 100k rows: %.1f MiB", float64(p)/(1<<20))
 	if p > 64<<20 {
@@ -518,18 +519,18 @@ func TestTruncateInsideResumedSnapshot(t *testing.T) {
 	e := newEnv(t, seedTables(1000, "t1", "t2", "t3")...)
 	lines := []string{"tables: [public.t1, public.t2, public.t3]", "snapshot_chunk_size: 100"}
 	src, _ := e.source(lines...)
-	sink := newSink(map[string][]string{"public.t1": {"id"}, "public.t2": {"id"}, "public.t3": {"id"}})
-	sink.failAt = 15 // inside t2
-	r := start(t, src, sink, nil)
-	if err, ok := r.exited(30 * time.Second); !ok || err == nil {
+	sink := capturetest.NewSink(map[string][]string{"public.t1": {"id"}, "public.t2": {"id"}, "public.t3": {"id"}})
+	sink.FailAt(15) // inside t2
+	r := capturetest.Start(t, src, sink, nil)
+	if err, ok := r.Exited(30 * time.Second); !ok || err == nil {
 		t.Fatalf("Run = %v, want the simulated crash", err)
 	}
 	e.exec("TRUNCATE t2, t3", "INSERT INTO t2 SELECT i, i FROM generate_series(5000, 5009) i",
 		"INSERT INTO t3 SELECT i, i FROM generate_series(5000, 5009) i", "UPDATE t1 SET v = -v WHERE id < 10")
 	src2, log := e.source(lines...)
-	start(t, src2, sink, sink.checkpoint())
+	capturetest.Start(t, src2, sink, sink.Checkpoint())
 	converged(t, e, src2, sink, tables, 20*time.Second)
-	if !log.has("a reconcile snapshot follows") {
+	if !log.Has("a reconcile snapshot follows") {
 		t.Error("the partial truncate did not ask for a reconcile")
 	}
 }
@@ -540,12 +541,12 @@ func TestSlotInvalidatedWhileDown(t *testing.T) {
 	p := testenv.NewPostgres(t, testenv.PostgresOptions{Settings: map[string]string{"max_slot_wal_keep_size": "1MB", "max_wal_size": "64MB"}})
 	e := newEnvOn(t, p, append(seedTables(10, "inv"), "CREATE TABLE filler (x text)")...)
 	src, _ := e.source("tables: [public.inv]")
-	sink := newSink(map[string][]string{"public.inv": {"id"}})
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.inv")) == 10 })
-	r.stop()
+	sink := capturetest.NewSink(map[string][]string{"public.inv": {"id"}})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.inv")) == 10 })
+	r.Stop()
 	e.waitInactive(src.cfg.Slot)
-	n := len(sink.all())
+	n := len(sink.Batches())
 	e.exec("DELETE FROM inv WHERE id = 1")
 	for i := 0; i < 4; i++ {
 		e.exec("INSERT INTO filler SELECT repeat(md5(i::text), 30) FROM generate_series(1, 10000) i", "SELECT pg_switch_wal()")
@@ -556,9 +557,9 @@ func TestSlotInvalidatedWhileDown(t *testing.T) {
 		t.Fatalf("wal_status = %q (%v), want lost", status, err)
 	}
 	src2, _ := e.source("tables: [public.inv]")
-	start(t, src2, sink, sink.checkpoint())
+	capturetest.Start(t, src2, sink, sink.Checkpoint())
 	converged(t, e, src2, sink, []string{"public.inv"}, 20*time.Second)
-	if b := sink.all()[n]; !strings.Contains(b.EpochBreak, "invalidated") || b.Snapshot == nil || b.Snapshot.Initial {
+	if b := sink.Batches()[n]; !strings.Contains(b.EpochBreak, "invalidated") || b.Snapshot == nil || b.Snapshot.Initial {
 		t.Fatalf("first batch after the invalidation: epoch %q snapshot %+v", b.EpochBreak, b.Snapshot)
 	}
 }
@@ -568,20 +569,20 @@ func TestSlotInvalidatedWhileDown(t *testing.T) {
 func TestTableAddedLater(t *testing.T) {
 	e := newEnv(t, seedTables(20, "first", "second")...)
 	src, _ := e.source("tables: [public.first]")
-	sink := newSink(map[string][]string{"public.first": {"id"}, "public.second": {"id"}})
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.first")) == 20 })
-	r.stop()
-	n := len(sink.all())
+	sink := capturetest.NewSink(map[string][]string{"public.first": {"id"}, "public.second": {"id"}})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.first")) == 20 })
+	r.Stop()
+	n := len(sink.Batches())
 	e.exec("DELETE FROM first WHERE id < 5", "DELETE FROM second WHERE id < 3")
 	src2, _ := e.source("tables: [public.first, public.second]")
-	start(t, src2, sink, sink.checkpoint())
+	capturetest.Start(t, src2, sink, sink.Checkpoint())
 	w := startWriter(t, e.dsn("postgres"), []string{"first", "second"}, 40)
 	time.Sleep(500 * time.Millisecond)
 	w.halt()
 	converged(t, e, src2, sink, []string{"public.first", "public.second"}, 20*time.Second)
-	sink.noProblems(t)
-	b := sink.all()[n]
+	sink.NoProblems(t)
+	b := sink.Batches()[n]
 	if b.Snapshot == nil || !b.Snapshot.Initial || !reflect.DeepEqual(b.Snapshot.Records, []string{"public.second"}) || b.EpochBreak != "" {
 		t.Fatalf("first batch after adding a table: %+v epoch %q", b.Snapshot, b.EpochBreak)
 	}
@@ -592,19 +593,19 @@ func TestTableAddedLater(t *testing.T) {
 func TestOtherSystemIdentifier(t *testing.T) {
 	e := newEnv(t, seedTables(10, "sid")...)
 	src, _ := e.source("tables: [public.sid]")
-	sink := newSink(map[string][]string{"public.sid": {"id"}})
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.sid")) == 10 })
-	r.stop()
+	sink := capturetest.NewSink(map[string][]string{"public.sid": {"id"}})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.sid")) == 10 })
+	r.Stop()
 	e.waitInactive(src.cfg.Slot)
-	cp, _ := decodeCheckpoint(sink.checkpoint())
+	cp, _ := decodeCheckpoint(sink.Checkpoint())
 	cp.SystemID = "7000000000000000001"
-	n := len(sink.all())
+	n := len(sink.Batches())
 	e.exec("UPDATE sid SET v = -1 WHERE id = 3")
 	src2, _ := e.source("tables: [public.sid]")
-	start(t, src2, sink, cp.encode())
+	capturetest.Start(t, src2, sink, cp.encode())
 	converged(t, e, src2, sink, []string{"public.sid"}, 20*time.Second)
-	if b := sink.all()[n]; !strings.Contains(b.EpochBreak, "system identifier") || b.Snapshot == nil || b.Snapshot.Initial {
+	if b := sink.Batches()[n]; !strings.Contains(b.EpochBreak, "system identifier") || b.Snapshot == nil || b.Snapshot.Initial {
 		t.Fatalf("first batch: epoch %q snapshot %+v", b.EpochBreak, b.Snapshot)
 	}
 }

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // Run streams changes into sink from checkpoint (nil: first start, which
@@ -23,24 +23,14 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 	if err != nil {
 		return fmt.Errorf("postgres source %q: %w", s.name, err)
 	}
-	h := &runHandle{reqs: make(chan snapRequest), done: make(chan struct{})}
-	reqs := h.reqs
-	s.mu.Lock()
-	if s.running != nil {
-		s.mu.Unlock()
+	reqs, stop, ok := s.runs.Start()
+	if !ok {
 		return fmt.Errorf("postgres source %q: Run is already running", s.name)
 	}
-	s.running = h
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.running = nil
-		s.mu.Unlock()
-		close(h.done)
-	}()
+	defer stop()
 
 	delay := time.Duration(0)
-	var req *snapRequest
+	var req *capture.SnapshotRequest
 	for attempt := 0; ; attempt++ {
 		if delay > 0 {
 			select {
@@ -56,7 +46,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 		switch {
 		case ctx.Err() != nil:
 			if req != nil {
-				req.done <- ctx.Err()
+				req.Done <- ctx.Err()
 			}
 			return nil
 		case err == nil || errors.Is(err, errStop):
@@ -66,7 +56,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 			continue
 		case !isTransient(err) || s.opts.Once:
 			if req != nil {
-				req.done <- err
+				req.Done <- err
 			}
 			return err
 		}
@@ -83,7 +73,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 // session connects, checks, restores continuity (snapshot if needed) and
 // streams until an error, a stop, or a snapshot request. It returns the
 // last durable checkpoint.
-func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan snapRequest, req *snapRequest) (checkpoint, *snapRequest, error) {
+func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan *capture.SnapshotRequest, req *capture.SnapshotRequest) (checkpoint, *capture.SnapshotRequest, error) {
 	meta, err := s.connect(ctx)
 	if err != nil {
 		return cp, req, err
@@ -91,7 +81,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 	defer meta.Close(context.Background())
 	srv, problems, err := s.inspect(ctx, meta)
 	if err != nil {
-		return cp, req, errTransient{err}
+		return cp, req, capture.Transient(err)
 	}
 	if len(problems) > 0 {
 		err := errors.Join(problems...)
@@ -112,7 +102,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 	ident, err := pglogrepl.IdentifySystem(ctx, repl)
 	if err != nil {
 		repl.Close(context.Background())
-		return cp, req, errTransient{fmt.Errorf("postgres source %q: IDENTIFY_SYSTEM: %w", s.name, err)}
+		return cp, req, capture.Transient(fmt.Errorf("postgres source %q: IDENTIFY_SYSTEM: %w", s.name, err))
 	}
 
 	// Continuity with the stored checkpoint.
@@ -178,7 +168,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		return nil
 	}
 	newRun := func(initial bool, tables []string) *snapshotRun {
-		return &snapshotRun{sp: &snapProgress{ID: newRunID(), Initial: initial, Tables: tables}, begin: true, base: base}
+		return &snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Initial: initial, Tables: tables}, begin: true, base: base}
 	}
 	switch {
 	case fresh || breakReason != "":
@@ -205,7 +195,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		base.Snapshot = nil
 		run = &snapshotRun{sp: &sp, base: base, begin: sp.Pending}
 	default:
-		if added := missing(s.tables, cp.Captured); len(added) > 0 {
+		if added := sqltable.Missing(s.tables, cp.Captured); len(added) > 0 {
 			s.log.Info("tables added to the configuration: loading them", "source", s.name, "tables", added)
 			if err := needExport(); err != nil {
 				return cp, req, err
@@ -231,8 +221,8 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		done, err := s.readSnapshot(ctx, sink, exp, *run)
 		if errors.Is(err, errRunLost) {
 			s.log.Warn("the engine no longer holds the interrupted snapshot run; starting it over", "source", s.name, "run", run.sp.ID)
-			cp.Snapshot = &snapProgress{ID: newRunID(), Initial: run.sp.Initial, Tables: run.sp.Tables, Pending: true}
-			return cp, req, errTransient{err}
+			cp.Snapshot = &snapProgress{ID: capture.NewRunID(), Initial: run.sp.Initial, Tables: run.sp.Tables, Pending: true}
+			return cp, req, capture.Transient(err)
 		}
 		if err != nil {
 			return cp, req, err
@@ -251,7 +241,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 		// be past the write position for a moment.
 		var cur string
 		if err := meta.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&cur); err != nil {
-			return cp, req, errTransient{fmt.Errorf("postgres source %q: read the current WAL position: %w", s.name, err)}
+			return cp, req, capture.Transient(fmt.Errorf("postgres source %q: read the current WAL position: %w", s.name, err))
 		}
 		stopAt = mustLSN(cur)
 	}
@@ -263,7 +253,7 @@ func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, 
 // exported (consistent point C) and imported, the stream is applied up to
 // C, then the tables are read and the stream resumes at C. No live change
 // is skipped, so none turns into drift.
-func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base checkpoint, exp *exported, req *snapRequest, sink capture.Sink) (checkpoint, *snapRequest, error) {
+func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base checkpoint, exp *exported, req *capture.SnapshotRequest, sink capture.Sink) (checkpoint, *capture.SnapshotRequest, error) {
 	// Catch up to C (the exported snapshot stays valid while its
 	// connection idles).
 	caught, _, err := s.stream(ctx, meta, srv, base, sink, exp.LSN, nil)
@@ -271,9 +261,9 @@ func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base
 		exp.release()
 		return caught, req, err
 	}
-	run := snapshotRun{sp: &snapProgress{ID: newRunID(), Tables: s.tables}, begin: true, base: caught, catchUp: true}
-	done, err := s.readSnapshot(req.ctx, req.sink, exp, run)
-	req.done <- err
+	run := snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Tables: s.tables}, begin: true, base: caught, catchUp: true}
+	done, err := s.readSnapshot(req.Ctx, req.Sink, exp, run)
+	req.Done <- err
 	if err != nil {
 		s.log.Warn("on-demand snapshot failed; streaming goes on", "source", s.name, "error", err)
 		// The run's batches went to the requester's sink; the stream's
@@ -288,24 +278,8 @@ func (s *Source) onDemand(ctx context.Context, meta *pgx.Conn, srv *server, base
 // fresh exported snapshot and the End checkpoint moves the stream to that
 // snapshot's consistent point.
 func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
-	s.mu.Lock()
-	running := s.running
-	s.mu.Unlock()
-	if running != nil {
-		r := snapRequest{ctx: ctx, sink: sink, done: make(chan error, 1)}
-		select {
-		case running.reqs <- r:
-			select {
-			case err := <-r.done:
-				return err
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		case <-running.done:
-			// Run ended meanwhile: take the snapshot here.
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if handled, err := s.runs.Handoff(ctx, sink); handled {
+		return err
 	}
 	meta, err := s.connect(ctx)
 	if err != nil {
@@ -346,7 +320,7 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	}
 	base := checkpoint{SystemID: ident.SystemID, Timeline: ident.Timeline, Database: srv.Database, Slot: s.cfg.Slot,
 		LSN: exp.LSN.String(), Captured: s.tables}
-	run := snapshotRun{sp: &snapProgress{ID: newRunID(), Tables: s.tables}, begin: true, base: base, catchUp: true}
+	run := snapshotRun{sp: &snapProgress{ID: capture.NewRunID(), Tables: s.tables}, begin: true, base: base, catchUp: true}
 	_, err = s.readSnapshot(ctx, sink, exp, run)
 	return err
 }
@@ -354,42 +328,21 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 // ID is postgres://<system identifier>/<database>. It connects once if Run
 // has not yet; "" if the server cannot be reached.
 func (s *Source) ID() string {
-	s.mu.Lock()
-	id := s.id
-	s.mu.Unlock()
-	if id != "" {
-		return id
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := s.connect(ctx)
-	if err != nil {
-		s.log.Warn("cannot read the server's identity", "source", s.name, "error", err)
-		return ""
-	}
-	defer c.Close(context.Background())
-	var sys, db string
-	if err := c.QueryRow(ctx, "SELECT system_identifier::text, current_database() FROM pg_catalog.pg_control_system()").Scan(&sys, &db); err != nil {
-		s.log.Warn("cannot read the server's identity", "source", s.name, "error", err)
-		return ""
-	}
-	s.setID(&server{SystemID: sys, Database: db})
-	return s.ID()
-}
-
-func (s *Source) setID(srv *server) {
-	s.mu.Lock()
-	s.id = "postgres://" + srv.SystemID + "/" + srv.Database
-	s.mu.Unlock()
-}
-
-// missing lists the items of want not in have.
-func missing(want, have []string) []string {
-	var out []string
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			out = append(out, w)
+	return s.id.Get(s.log, s.name, func(ctx context.Context) (string, error) {
+		c, err := s.connect(ctx)
+		if err != nil {
+			return "", err
 		}
-	}
-	return out
+		defer c.Close(context.Background())
+		var sys, db string
+		if err := c.QueryRow(ctx, "SELECT system_identifier::text, current_database() FROM pg_catalog.pg_control_system()").Scan(&sys, &db); err != nil {
+			return "", err
+		}
+		return uri(&server{SystemID: sys, Database: db}), nil
+	})
 }
+
+func (s *Source) setID(srv *server) { s.id.Set(uri(srv)) }
+
+// uri is the register's URI on srv.
+func uri(srv *server) string { return "postgres://" + srv.SystemID + "/" + srv.Database }

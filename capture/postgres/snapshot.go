@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // exported is a snapshot exported by CREATE_REPLICATION_SLOT: the
@@ -79,7 +80,7 @@ func (s *Source) slotError(what string, err error) error {
 			s.name, what, err)
 	}
 	if isTransient(err) {
-		return errTransient{fmt.Errorf("postgres source %q: %s: %w", s.name, what, err)}
+		return capture.Transient(fmt.Errorf("postgres source %q: %s: %w", s.name, what, err))
 	}
 	return fmt.Errorf("postgres source %q: %s: %w", s.name, what, err)
 }
@@ -98,12 +99,6 @@ type snapshotRun struct {
 }
 
 var errRunLost = errors.New("the engine holds no staged rows of this snapshot run")
-
-func newRunID() string {
-	var b [6]byte
-	rand.Read(b[:])
-	return time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
-}
 
 func (s *Source) readSnapshot(ctx context.Context, sink capture.Sink, exp *exported, run snapshotRun) (checkpoint, error) {
 	where := fmt.Sprintf("postgres source %q", s.name)
@@ -204,7 +199,7 @@ func (s *Source) readSnapshot(ctx context.Context, sink capture.Sink, exp *expor
 		done.Tx = nil
 	}
 	done.Fences = append(keepFences(done.Fences, p), fencesFor(sp, p)...)
-	done.Captured = union(done.Captured, sp.Tables)
+	done.Captured = sqltable.Union(done.Captured, sp.Tables)
 	done.Tables = mergeDescs(done.Tables, descs)
 	b := capture.Batch{TransactionID: "snapshot:" + sp.ID, Snapshot: mark(), Checkpoint: done.encode()}
 	b.Snapshot.End = true
@@ -314,20 +309,6 @@ func coversAll(run, all []string) bool {
 		}
 	}
 	return true
-}
-
-func union(a, b []string) []string {
-	out := append([]string(nil), a...)
-	for _, x := range b {
-		found := false
-		for _, y := range out {
-			found = found || x == y
-		}
-		if !found {
-			out = append(out, x)
-		}
-	}
-	return out
 }
 
 func keepFences(fs []fence, p pglogrepl.LSN) []fence {

@@ -39,8 +39,8 @@ type streamer struct {
 	meta *pgx.Conn
 	srv  *server
 	out  chan queued
-	reqs <-chan snapRequest
-	req  *snapRequest
+	reqs <-chan *capture.SnapshotRequest
+	req  *capture.SnapshotRequest
 	sink capture.Sink
 	// runCtx is Run's context (read's ends with the session).
 	runCtx context.Context
@@ -114,17 +114,10 @@ type relCol struct {
 	dec   decodeFunc
 }
 
-// snapRequest asks a running Run for an on-demand snapshot.
-type snapRequest struct {
-	ctx  context.Context
-	sink capture.Sink
-	done chan error
-}
-
 // stream runs one replication session from cp. It returns the last durable
 // checkpoint and why it ended: errStop, errPause (st.req set), or an error.
 func (s *Source) stream(ctx context.Context, meta *pgx.Conn, srv *server, cp checkpoint, sink capture.Sink,
-	stopAt pglogrepl.LSN, reqs <-chan snapRequest) (checkpoint, *snapRequest, error) {
+	stopAt pglogrepl.LSN, reqs <-chan *capture.SnapshotRequest) (checkpoint, *capture.SnapshotRequest, error) {
 	repl, err := s.connectReplication(ctx)
 	if err != nil {
 		return cp, nil, err
@@ -282,7 +275,7 @@ func (st *streamer) status(reply bool) error {
 		WALWritePosition: max(st.received, flush), WALFlushPosition: flush, WALApplyPosition: flush,
 		ClientTime: time.Now(), ReplyRequested: reply})
 	if err != nil {
-		return errTransient{fmt.Errorf("postgres source %q: send standby status: %w", st.s.name, err)}
+		return capture.Transient(fmt.Errorf("postgres source %q: send standby status: %w", st.s.name, err))
 	}
 	st.sentFlush, st.lastStatus = flush, time.Now()
 	st.nextStatus = st.lastStatus.Add(st.s.cfg.StatusInterval)
@@ -301,13 +294,12 @@ func (st *streamer) read(ctx context.Context) error {
 		now := time.Now()
 		if st.tx == nil {
 			if st.req == nil && st.selfReconcile {
-				st.req = &snapRequest{ctx: st.runCtx, sink: st.sink, done: make(chan error, 1)}
+				st.req = capture.NewSnapshotRequest(st.runCtx, st.sink)
 				st.selfReconcile = false
 			}
 			if st.req == nil && st.reqs != nil {
 				select {
-				case r := <-st.reqs:
-					st.req = &r
+				case st.req = <-st.reqs:
 				default:
 				}
 			}
@@ -355,7 +347,7 @@ func (st *streamer) read(ctx context.Context) error {
 			if pgconn.Timeout(err) {
 				continue
 			}
-			return errTransient{fmt.Errorf("postgres source %q: replication stream: %w", st.s.name, err)}
+			return capture.Transient(fmt.Errorf("postgres source %q: replication stream: %w", st.s.name, err))
 		}
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
@@ -394,11 +386,11 @@ func (st *streamer) read(ctx context.Context) error {
 		case *pgproto3.ErrorResponse:
 			err := pgconn.ErrorResponseToPgError(msg)
 			if isTransient(err) {
-				return errTransient{fmt.Errorf("postgres source %q: replication stream: %w", st.s.name, err)}
+				return capture.Transient(fmt.Errorf("postgres source %q: replication stream: %w", st.s.name, err))
 			}
 			return fmt.Errorf("postgres source %q: replication stream: %w", st.s.name, err)
 		case *pgproto3.CopyDone:
-			return errTransient{fmt.Errorf("postgres source %q: the server ended the replication stream", st.s.name)}
+			return capture.Transient(fmt.Errorf("postgres source %q: the server ended the replication stream", st.s.name))
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/capturetest"
 )
 
 func n(s string) json.Number { return json.Number(s) }
@@ -25,17 +26,17 @@ func TestSnapshotThenStream(t *testing.T) {
 		"INSERT INTO person VALUES (1, 'Anne', 40), (2, 'Bo', 31), (3, 'Cai', 22)",
 		"INSERT INTO unit VALUES (1, 'Top', NULL), (2, 'HR', 1), (3, 'IT', 1)")
 	src, _ := e.source("tables: [public.person, public.unit]", "snapshot_chunk_size: 2")
-	sink := newSink(map[string][]string{"public.person": {"id"}, "public.unit": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "the initial snapshot", func() bool {
-		for _, b := range sink.all() {
+	sink := capturetest.NewSink(map[string][]string{"public.person": {"id"}, "public.unit": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "the initial snapshot", func() bool {
+		for _, b := range sink.Batches() {
 			if b.Snapshot != nil && b.Snapshot.End {
 				return true
 			}
 		}
 		return false
 	})
-	bs := sink.all()
+	bs := sink.Batches()
 	first, last := bs[0].Snapshot, bs[len(bs)-1].Snapshot
 	if !first.Begin || !first.Initial || first.Reconcile || !reflect.DeepEqual(first.Records, []string{"public.person", "public.unit"}) {
 		t.Fatalf("first snapshot mark = %+v", first)
@@ -43,8 +44,8 @@ func TestSnapshotThenStream(t *testing.T) {
 	if !last.End || last.ID != first.ID || len(bs) < 4 {
 		t.Fatalf("%d snapshot batches; last mark = %+v", len(bs), last)
 	}
-	sameRows(t, "person after snapshot", sink.snapshotOf("public.person"), e.tableRows(src, sink, "public.person"))
-	if got := sink.snapshotOf("public.person")["1"]; !reflect.DeepEqual(got, map[string]any{"id": n("1"), "name": "Anne", "age": n("40")}) {
+	capturetest.SameRows(t, "person after snapshot", sink.Rows("public.person"), e.tableRows(src, sink, "public.person"))
+	if got := sink.Rows("public.person")["1"]; !reflect.DeepEqual(got, map[string]any{"id": n("1"), "name": "Anne", "age": n("40")}) {
 		t.Fatalf("snapshot row 1 = %#v", got)
 	}
 
@@ -59,8 +60,8 @@ func TestSnapshotThenStream(t *testing.T) {
 		UPDATE unit SET id = 30 WHERE id = 3;
 		DELETE FROM unit WHERE id = 1;
 		COMMIT`)
-	waitFor(t, 10*time.Second, "8 streamed changes", func() bool { return len(sink.streamed()) >= 8 })
-	ch := sink.streamed()
+	capturetest.WaitFor(t, 10*time.Second, "8 streamed changes", func() bool { return len(sink.Streamed()) >= 8 })
+	ch := sink.Streamed()
 	if len(ch) != 8 {
 		t.Fatalf("%d changes, want 8", len(ch))
 	}
@@ -92,18 +93,18 @@ func TestSnapshotThenStream(t *testing.T) {
 			t.Errorf("change %d ChangedAt %v", i, c.ChangedAt)
 		}
 	}
-	for _, b := range sink.all() {
+	for _, b := range sink.Batches() {
 		if b.Snapshot == nil && len(b.Changes) > 0 && b.TransactionID != txid {
 			t.Errorf("batch transaction id %q, want %q (the commit LSN)", b.TransactionID, txid)
 		}
 	}
-	sameRows(t, "person", sink.snapshotOf("public.person"), e.tableRows(src, sink, "public.person"))
-	sameRows(t, "unit", sink.snapshotOf("public.unit"), e.tableRows(src, sink, "public.unit"))
-	sink.noProblems(t)
+	capturetest.SameRows(t, "person", sink.Rows("public.person"), e.tableRows(src, sink, "public.person"))
+	capturetest.SameRows(t, "unit", sink.Rows("public.unit"), e.tableRows(src, sink, "public.unit"))
+	sink.NoProblems(t)
 
 	// The server hears the durable position.
-	cp, _ := decodeCheckpoint(sink.checkpoint())
-	waitFor(t, 5*time.Second, "confirmed_flush_lsn = checkpoint", func() bool {
+	cp, _ := decodeCheckpoint(sink.Checkpoint())
+	capturetest.WaitFor(t, 5*time.Second, "confirmed_flush_lsn = checkpoint", func() bool {
 		c, _, _ := e.slot(src.cfg.Slot)
 		return c == cp.LSN
 	})
@@ -120,15 +121,15 @@ func TestToastUnchanged(t *testing.T) {
 		"CREATE TABLE docf (id int PRIMARY KEY, body text, n int)",
 		"ALTER TABLE docf REPLICA IDENTITY FULL")
 	src, _ := e.source("tables: [public.doc, public.docf]")
-	sink := newSink(map[string][]string{"public.doc": {"id"}, "public.docf": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "streaming", func() bool { return len(sink.all()) > 0 })
+	sink := capturetest.NewSink(map[string][]string{"public.doc": {"id"}, "public.docf": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "streaming", func() bool { return len(sink.Batches()) > 0 })
 	// 40 kB of incompressible text is stored out of line.
 	big := "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 1250) i)"
 	e.exec("INSERT INTO doc VALUES (1, "+big+", 1)", "INSERT INTO docf VALUES (1, "+big+", 1)")
 	e.exec("UPDATE doc SET n = 2", "UPDATE docf SET n = 2")
-	waitFor(t, 10*time.Second, "4 changes", func() bool { return len(sink.streamed()) >= 4 })
-	ch := sink.streamed()
+	capturetest.WaitFor(t, 10*time.Second, "4 changes", func() bool { return len(sink.Streamed()) >= 4 })
+	ch := sink.Streamed()
 	if u := ch[2]; u.Op != capture.OpUpdate || !reflect.DeepEqual(u.Unchanged, []string{"body"}) || u.Values["body"] != nil {
 		t.Errorf("DEFAULT update: op %s unchanged %v body present %v", u.Op, u.Unchanged, u.Values["body"] != nil)
 	}
@@ -136,9 +137,9 @@ func TestToastUnchanged(t *testing.T) {
 		t.Errorf("FULL update: op %s unchanged %v body length %d", u.Op, u.Unchanged, len(fmt.Sprint(u.Values["body"])))
 	}
 	// The engine (here: the sink) completes the row from its stored image.
-	sameRows(t, "doc", sink.snapshotOf("public.doc"), e.tableRows(src, sink, "public.doc"))
-	sameRows(t, "docf", sink.snapshotOf("public.docf"), e.tableRows(src, sink, "public.docf"))
-	sink.noProblems(t)
+	capturetest.SameRows(t, "doc", sink.Rows("public.doc"), e.tableRows(src, sink, "public.doc"))
+	capturetest.SameRows(t, "docf", sink.Rows("public.docf"), e.tableRows(src, sink, "public.docf"))
+	sink.NoProblems(t)
 }
 
 // Every listed type decodes to the same JSON-friendly value in the
@@ -160,11 +161,11 @@ func TestTypesRoundTrip(t *testing.T) {
 		'192.168.0.1/24', '(1,2)', B'1010', 12.34, '<a>x</a>', '[1,5)', NULL)`
 	e.exec("INSERT INTO typ VALUES " + row)
 	src, _ := e.source("tables: [public.typ]")
-	sink := newSink(map[string][]string{"public.typ": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.typ")) == 1 })
+	sink := capturetest.NewSink(map[string][]string{"public.typ": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.typ")) == 1 })
 	e.exec("INSERT INTO typ VALUES " + strings.Replace(row, "(1,", "(2,", 1))
-	waitFor(t, 10*time.Second, "streamed row", func() bool { return len(sink.streamed()) == 1 })
+	capturetest.WaitFor(t, 10*time.Second, "streamed row", func() bool { return len(sink.Streamed()) == 1 })
 	want := map[string]any{
 		"i2": n("-32768"), "i8": n("9223372036854775807"), "num": n("12345678901234567890.000000000000000001"), "num_nan": "NaN",
 		"f8": n("3.141592653589793"), "f4": n("1.5"), "b": true, "t": `tekst æøå "q"`, "vc": "kort", "ch": "ab ",
@@ -175,8 +176,8 @@ func TestTypesRoundTrip(t *testing.T) {
 		"ea": []any{"sad", "happy"}, "m": "happy", "p": n("7"), "em": "x@example.org", "inet": "192.168.0.1/24", "pt": "(1,2)",
 		"bits": "1010", "money": "$12.34", "xml": "<a>x</a>", "rng": "[1,5)", "n_null": nil,
 	}
-	snap := sink.snapshotOf("public.typ")["1"]
-	live := sink.streamed()[0].Values
+	snap := sink.Rows("public.typ")["1"]
+	live := sink.Streamed()[0].Values
 	for k, w := range want {
 		if !reflect.DeepEqual(snap[k], w) {
 			t.Errorf("snapshot %s = %#v, want %#v", k, snap[k], w)
@@ -195,33 +196,33 @@ func TestTypesRoundTrip(t *testing.T) {
 func TestLargeTransactionResume(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE big (id int PRIMARY KEY, v text)")
 	src, _ := e.source("tables: [public.big]", "batch_size: 100")
-	sink := newSink(map[string][]string{"public.big": {"id"}})
-	r := start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "streaming", func() bool { return len(sink.all()) > 0 })
-	r.stop()
+	sink := capturetest.NewSink(map[string][]string{"public.big": {"id"}})
+	r := capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "streaming", func() bool { return len(sink.Batches()) > 0 })
+	r.Stop()
 	// Apply fails on the 5th batch of the transaction: a crash mid-way.
-	sink.crashOnStreamBatch(5)
-	r = start(t, src, sink, sink.checkpoint())
+	sink.CrashOnStreamBatch(5)
+	r = capturetest.Start(t, src, sink, sink.Checkpoint())
 	e.exec("INSERT INTO big SELECT i, 'v' || i FROM generate_series(1, 1000) i")
-	err, ok := r.exited(20 * time.Second)
+	err, ok := r.Exited(20 * time.Second)
 	if !ok || err == nil || !strings.Contains(err.Error(), "simulated crash") {
 		t.Fatalf("Run = %v (exited %v), want the sink's error", err, ok)
 	}
-	cp, _ := decodeCheckpoint(sink.checkpoint())
+	cp, _ := decodeCheckpoint(sink.Checkpoint())
 	if cp.Tx == nil || cp.Tx.Next != 400 {
 		t.Fatalf("checkpoint inside the transaction = %+v, want 400 changes durable", cp.Tx)
 	}
 	if c, _, _ := e.slot(src.cfg.Slot); mustLSN(c) >= mustLSN(cp.Tx.Commit) {
 		t.Fatalf("confirmed_flush_lsn %s passed the half-applied transaction at %s", c, cp.Tx.Commit)
 	}
-	sink.onApply = nil
+	sink.SetOnApply(nil)
 	src2, _ := e.source("tables: [public.big]", "batch_size: 100")
-	start(t, src2, sink, sink.checkpoint())
-	waitFor(t, 20*time.Second, "1000 rows", func() bool { return len(sink.snapshotOf("public.big")) == 1000 })
-	if got := len(sink.streamed()); got != 1000 {
+	capturetest.Start(t, src2, sink, sink.Checkpoint())
+	capturetest.WaitFor(t, 20*time.Second, "1000 rows", func() bool { return len(sink.Rows("public.big")) == 1000 })
+	if got := len(sink.Streamed()); got != 1000 {
 		t.Errorf("%d changes delivered, want 1000", got)
 	}
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }
 
 // TRUNCATE arrives as OpTruncate of each truncated table.
@@ -229,17 +230,17 @@ func TestTruncate(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE a (id int PRIMARY KEY)", "CREATE TABLE b (id int PRIMARY KEY)",
 		"INSERT INTO a VALUES (1), (2)", "INSERT INTO b VALUES (1)")
 	src, _ := e.source("tables: [public.a, public.b]")
-	sink := newSink(map[string][]string{"public.a": {"id"}, "public.b": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.a")) == 2 })
+	sink := capturetest.NewSink(map[string][]string{"public.a": {"id"}, "public.b": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.a")) == 2 })
 	e.exec("TRUNCATE a, b")
-	waitFor(t, 10*time.Second, "truncate", func() bool { return len(sink.streamed()) == 2 })
-	for i, c := range sink.streamed() {
+	capturetest.WaitFor(t, 10*time.Second, "truncate", func() bool { return len(sink.Streamed()) == 2 })
+	for i, c := range sink.Streamed() {
 		if c.Op != capture.OpTruncate || c.Reason != "truncated" || c.Record != []string{"public.a", "public.b"}[i] {
 			t.Errorf("change %d = %s %s reason %q", i, c.Op, c.Record, c.Reason)
 		}
 	}
-	if len(sink.snapshotOf("public.a")) != 0 {
+	if len(sink.Rows("public.a")) != 0 {
 		t.Error("rows left after truncate")
 	}
 }
@@ -249,15 +250,15 @@ func TestTruncate(t *testing.T) {
 func TestSchemaChange(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE p (id int PRIMARY KEY, name text, age int)", "INSERT INTO p VALUES (1, 'a', 1)")
 	src, log := e.source("tables: [public.p]")
-	sink := newSink(map[string][]string{"public.p": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.p")) == 1 })
+	sink := capturetest.NewSink(map[string][]string{"public.p": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.p")) == 1 })
 	e.exec("INSERT INTO p VALUES (2, 'b', 2)",
 		"ALTER TABLE p ADD COLUMN email text", "INSERT INTO p VALUES (3, 'c', 3, 'c@x')",
 		"ALTER TABLE p DROP COLUMN age", "ALTER TABLE p RENAME COLUMN name TO full_name", "ALTER TABLE p ALTER COLUMN id TYPE bigint",
 		"UPDATE p SET email = 'a@x' WHERE id = 1")
-	waitFor(t, 10*time.Second, "3 changes", func() bool { return len(sink.streamed()) == 3 })
-	ch := sink.streamed()
+	capturetest.WaitFor(t, 10*time.Second, "3 changes", func() bool { return len(sink.Streamed()) == 3 })
+	ch := sink.Streamed()
 	wants := []map[string]any{
 		{"id": n("2"), "name": "b", "age": n("2")},
 		{"id": n("3"), "name": "c", "age": n("3"), "email": "c@x"},
@@ -269,11 +270,11 @@ func TestSchemaChange(t *testing.T) {
 		}
 	}
 	for _, w := range []string{"added column email (text)", "renamed column name to full_name", "dropped column age", "column id changed type from integer to bigint"} {
-		if !log.has(w) {
+		if !log.Has(w) {
 			t.Errorf("log lacks %q", w)
 		}
 	}
-	cp, _ := decodeCheckpoint(sink.checkpoint())
+	cp, _ := decodeCheckpoint(sink.Checkpoint())
 	if got := cp.Tables["public.p"]; !reflect.DeepEqual(got, []colDesc{{"id", "bigint"}, {"full_name", "text"}, {"email", "text"}}) {
 		t.Errorf("recorded description = %+v", got)
 	}
@@ -285,16 +286,16 @@ func TestConfiguredKey(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE nk (code text NOT NULL, v int)", "ALTER TABLE nk REPLICA IDENTITY FULL",
 		"INSERT INTO nk SELECT 'k' || i, i FROM generate_series(1, 25) i")
 	src, _ := e.source("tables: [public.nk]", "keys: {public.nk: [code]}", "snapshot_chunk_size: 10")
-	sink := newSink(map[string][]string{"public.nk": {"code"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.snapshotOf("public.nk")) == 25 })
+	sink := capturetest.NewSink(map[string][]string{"public.nk": {"code"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return len(sink.Rows("public.nk")) == 25 })
 	e.exec("DELETE FROM nk WHERE code = 'k7'", "UPDATE nk SET code = 'k77' WHERE code = 'k8'")
-	waitFor(t, 10*time.Second, "2 changes", func() bool { return len(sink.streamed()) == 2 })
-	sameRows(t, "nk", sink.snapshotOf("public.nk"), e.tableRows(src, sink, "public.nk"))
-	if ok := sink.streamed()[1].OldKey; !reflect.DeepEqual(ok, map[string]any{"code": "k8"}) {
+	capturetest.WaitFor(t, 10*time.Second, "2 changes", func() bool { return len(sink.Streamed()) == 2 })
+	capturetest.SameRows(t, "nk", sink.Rows("public.nk"), e.tableRows(src, sink, "public.nk"))
+	if ok := sink.Streamed()[1].OldKey; !reflect.DeepEqual(ok, map[string]any{"code": "k8"}) {
 		t.Errorf("OldKey = %#v", ok)
 	}
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }
 
 // With Once, Run returns after delivering what the server had.
@@ -302,17 +303,17 @@ func TestOnce(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE o (id int PRIMARY KEY)", "INSERT INTO o VALUES (1)")
 	src, _ := e.source("tables: [public.o]")
 	src.opts.Once = true
-	sink := newSink(map[string][]string{"public.o": {"id"}})
+	sink := capturetest.NewSink(map[string][]string{"public.o": {"id"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := src.Run(ctx, nil, sink); err != nil {
 		t.Fatal(err)
 	}
 	e.exec("INSERT INTO o VALUES (2)", "INSERT INTO o VALUES (3)")
-	if err := src.Run(ctx, sink.checkpoint(), sink); err != nil {
+	if err := src.Run(ctx, sink.Checkpoint(), sink); err != nil {
 		t.Fatal(err)
 	}
-	if got := len(sink.snapshotOf("public.o")); got != 3 {
+	if got := len(sink.Rows("public.o")); got != 3 {
 		t.Fatalf("%d rows after two Once runs, want 3", got)
 	}
 	if ctx.Err() != nil {
@@ -325,20 +326,20 @@ func TestOnce(t *testing.T) {
 func TestHeartbeatAdvancesIdleSlot(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE hb (id int PRIMARY KEY)", "CREATE TABLE busy (id int)")
 	src, _ := e.source("tables: [public.hb]", "heartbeat_interval: 300ms")
-	sink := newSink(map[string][]string{"public.hb": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return sink.checkpoint() != nil })
+	sink := capturetest.NewSink(map[string][]string{"public.hb": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return sink.Checkpoint() != nil })
 	e.exec("INSERT INTO busy SELECT generate_series(1, 10000)")
 	var target string
 	if err := e.conn.QueryRow(context.Background(), "SELECT pg_current_wal_insert_lsn()::text").Scan(&target); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "confirmed_flush_lsn past "+target, func() bool {
+	capturetest.WaitFor(t, 10*time.Second, "confirmed_flush_lsn past "+target, func() bool {
 		c, _, _ := e.slot(src.cfg.Slot)
 		return mustLSN(c) >= mustLSN(target)
 	})
-	if len(sink.streamed()) != 0 {
-		t.Fatalf("heartbeats delivered changes: %+v", sink.streamed())
+	if len(sink.Streamed()) != 0 {
+		t.Fatalf("heartbeats delivered changes: %+v", sink.Streamed())
 	}
 }
 
@@ -347,26 +348,24 @@ func TestHeartbeatAdvancesIdleSlot(t *testing.T) {
 func TestSlowSinkKeepsConnection(t *testing.T) {
 	e := newEnv(t, "CREATE TABLE slow (id int PRIMARY KEY)")
 	src, log := e.source("dsn: "+e.dsn("postgres")+"&options=-c%20wal_sender_timeout%3D3s", "tables: [public.slow]", "batch_size: 10")
-	sink := newSink(map[string][]string{"public.slow": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "snapshot", func() bool { return sink.checkpoint() != nil })
+	sink := capturetest.NewSink(map[string][]string{"public.slow": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "snapshot", func() bool { return sink.Checkpoint() != nil })
 	// One Apply takes longer than wal_sender_timeout while the queue is
 	// full: the reader is blocked handing over the next batch.
 	withRows := 0
-	sink.mu.Lock()
-	sink.onApply = func(b capture.Batch) error {
+	sink.SetOnApply(func(b capture.Batch) error {
 		if len(b.Changes) > 0 {
 			if withRows++; withRows == 3 {
 				time.Sleep(5 * time.Second)
 			}
 		}
 		return nil
-	}
-	sink.mu.Unlock()
+	})
 	e.exec("INSERT INTO slow SELECT generate_series(1, 200)")
-	waitFor(t, 30*time.Second, "200 rows", func() bool { return len(sink.snapshotOf("public.slow")) == 200 })
-	if log.has("reconnecting") {
+	capturetest.WaitFor(t, 30*time.Second, "200 rows", func() bool { return len(sink.Rows("public.slow")) == 200 })
+	if log.Has("reconnecting") {
 		t.Fatal("the server dropped the slow consumer")
 	}
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/os2sandbox/connector/capture/capturetest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -78,18 +79,18 @@ func (e *env) dsnFor(user, host string, params url.Values) string {
 // streamAs connects as role over sslmode=verify-full with the cluster's
 // CA, checks, and waits for the snapshot of the one row and a streamed
 // insert.
-func streamAs(t *testing.T, e *env, role string) *memSink {
+func streamAs(t *testing.T, e *env, role string) *capturetest.Sink {
 	t.Helper()
 	dsn := e.dsnFor(role, "127.0.0.1", url.Values{"sslmode": {"verify-full"}, "sslrootcert": {e.pg.CAFile}})
 	src, _ := e.source("dsn: "+dsn, "tables: [public.person]", "publication: pub", "create_publication: false")
 	if err := src.Check(context.Background()); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
-	sink := newSink(map[string][]string{"public.person": {"id"}})
-	start(t, src, sink, nil)
-	waitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.snapshotOf("public.person")) == 1 })
+	sink := capturetest.NewSink(map[string][]string{"public.person": {"id"}})
+	capturetest.Start(t, src, sink, nil)
+	capturetest.WaitFor(t, 20*time.Second, "the snapshot", func() bool { return len(sink.Rows("public.person")) == 1 })
 	e.exec("INSERT INTO person VALUES (2, 'Bo')")
-	waitFor(t, 10*time.Second, "the insert", func() bool { return len(sink.streamed()) == 1 })
+	capturetest.WaitFor(t, 10*time.Second, "the insert", func() bool { return len(sink.Streamed()) == 1 })
 	return sink
 }
 
@@ -100,8 +101,8 @@ func streamAs(t *testing.T, e *env, role string) *memSink {
 func TestTLSVerifyFullStreams(t *testing.T) {
 	e := tlsEnv(t)
 	sink := streamAs(t, e, "tls_agent")
-	if got := sink.streamed()[0].Values["name"]; got != "Bo" {
-		t.Fatalf("streamed %v", sink.streamed()[0].Values)
+	if got := sink.Streamed()[0].Values["name"]; got != "Bo" {
+		t.Fatalf("streamed %v", sink.Streamed()[0].Values)
 	}
 	var walsenders, encrypted int
 	if err := e.conn.QueryRow(context.Background(), `SELECT count(*), count(*) FILTER (WHERE s.ssl)
@@ -111,7 +112,7 @@ func TestTLSVerifyFullStreams(t *testing.T) {
 	if walsenders != 1 || encrypted != 1 {
 		t.Fatalf("%d walsenders for tls_agent, %d encrypted; want 1, 1", walsenders, encrypted)
 	}
-	sink.noProblems(t)
+	sink.NoProblems(t)
 }
 
 // Each connection failure names its cause and the fix, as the real server
@@ -171,7 +172,7 @@ func TestConnectErrors(t *testing.T) {
 			// Run stops with the same error instead of retrying.
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			if rerr := src.Run(ctx, nil, newSink(nil)); rerr == nil || !strings.Contains(rerr.Error(), tt.want[0]) {
+			if rerr := src.Run(ctx, nil, capturetest.NewSink(nil)); rerr == nil || !strings.Contains(rerr.Error(), tt.want[0]) {
 				t.Errorf("Run: %v, want %q", rerr, tt.want[0])
 			}
 		})

@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/os2sandbox/connector/publish/file/filetest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -156,22 +157,13 @@ func readKafka(t *testing.T, k *testenv.Kafka, topics []string) []record {
 // sequence from 1 present.
 func deliveredLog(t *testing.T, dir string) []line {
 	t.Helper()
-	bySeq := map[uint64]line{}
-	for _, l := range readLines(t, filepath.Join(dir, "demo-out", "events.jsonl")) {
-		if prev, ok := bySeq[l.ev.Sequence]; ok {
-			if prev.raw != l.raw {
-				t.Fatalf("file receiver: sequence %d twice with different content", l.ev.Sequence)
-			}
-			continue
+	raws, _ := filetest.Delivered(t, filepath.Join(dir, "demo-out", "events.jsonl"))
+	out := make([]line, len(raws))
+	for i, raw := range raws {
+		out[i].raw = raw
+		if err := json.Unmarshal([]byte(raw), &out[i].ev); err != nil {
+			t.Fatal(err)
 		}
-		bySeq[l.ev.Sequence] = l
-	}
-	out := make([]line, len(bySeq))
-	for seq, l := range bySeq {
-		if seq < 1 || seq > uint64(len(out)) {
-			t.Fatalf("file receiver: sequence %d of %d events", seq, len(out))
-		}
-		out[seq-1] = l
 	}
 	if len(out) < 600 {
 		t.Fatalf("the demo should have more than 600 events, the file receiver has %d", len(out))

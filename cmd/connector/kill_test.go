@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/os2sandbox/connector/publish/file/filetest"
 	"github.com/os2sandbox/connector/state"
 )
 
@@ -71,30 +72,14 @@ func TestKill9(t *testing.T) {
 	}
 
 	// The receiver holds every event; duplicates are identical.
-	lines := readLines(t, filepath.Join(dir, "demo-out", "events.jsonl"))
-	bySeq := map[uint64]string{}
-	dups := 0
-	for _, l := range lines {
-		if prev, ok := bySeq[l.ev.Sequence]; ok {
-			dups++
-			if prev != l.raw {
-				t.Fatalf("sequence %d delivered twice with different content:\n%s\n%s", l.ev.Sequence, prev, l.raw)
-			}
-			continue
-		}
-		bySeq[l.ev.Sequence] = l.raw
+	delivered, dups := filetest.Delivered(t, filepath.Join(dir, "demo-out", "events.jsonl"))
+	if len(delivered) != len(want) {
+		t.Fatalf("receiver has %d distinct sequences, log %d", len(delivered), len(want))
 	}
-	for seq := uint64(1); seq <= uint64(len(want)); seq++ {
-		l, ok := bySeq[seq]
-		if !ok {
-			t.Fatalf("sequence %d never reached the receiver", seq)
+	for i, l := range delivered {
+		if !strings.Contains(l, want[i][:36]) {
+			t.Fatalf("sequence %d has another event id than the log", i+1)
 		}
-		if !strings.Contains(l, want[seq-1][:36]) {
-			t.Fatalf("sequence %d has another event id than the log", seq)
-		}
-	}
-	if len(bySeq) != len(want) {
-		t.Fatalf("receiver has %d distinct sequences, log %d", len(bySeq), len(want))
 	}
 	t.Logf("%d kills; %d events; %d duplicate deliveries, all identical", kills, len(want), dups)
 }

@@ -17,6 +17,7 @@ import (
 	// Adapters register themselves.
 	_ "github.com/os2sandbox/connector/capture/file"
 	_ "github.com/os2sandbox/connector/capture/ldap"
+	_ "github.com/os2sandbox/connector/capture/mysql"
 	_ "github.com/os2sandbox/connector/capture/postgres"
 	_ "github.com/os2sandbox/connector/publish/file"
 	_ "github.com/os2sandbox/connector/publish/fordeler"

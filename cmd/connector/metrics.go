@@ -50,6 +50,7 @@ func (p slogPrinter) Println(v ...any) { p.a.log.Warn("metrics", "error", fmt.Sp
 
 var (
 	descLog          = prometheus.NewDesc("connector_log_events", "Events in the agent's log (the last sequence number).", nil, nil)
+	descCompacted    = prometheus.NewDesc("connector_log_compacted_total", "Events removed from the log by retention.log.", nil, nil)
 	descStateBytes   = prometheus.NewDesc("connector_state_bytes", "Size of the state file.", nil, nil)
 	descSrcEvents    = prometheus.NewDesc("connector_source_events_total", "Events derived from a source's changes.", []string{"source", "type"}, nil)
 	descSrcLive      = prometheus.NewDesc("connector_source_live_objects", "A source's live objects, where the engine counts them (sources with a change-feed deletion guard).", []string{"source"}, nil)
@@ -69,7 +70,7 @@ var (
 type statusCollector struct{ a *app }
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLog, descStateBytes, descSrcEvents, descSrcLive, descSrcQuar, descSrcEpoch, descSrcChange,
+	for _, d := range []*prometheus.Desc{descLog, descCompacted, descStateBytes, descSrcEvents, descSrcLive, descSrcQuar, descSrcEpoch, descSrcChange,
 		descSrcApplied, descSrcReconcile, descRcvCursor, descRcvLag, descRcvLagSec, descRcvDead, descRcvFailing} {
 		ch <- d
 	}
@@ -94,6 +95,7 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		return 0
 	}
 	gauge(descLog, float64(rep.LogLength))
+	ch <- prometheus.MustNewConstMetric(descCompacted, prometheus.CounterValue, float64(rep.LogCompacted))
 	gauge(descStateBytes, float64(rep.SizeBytes))
 	for _, s := range rep.Sources {
 		counter(descSrcEvents, float64(s.Events), s.Name, s.Type)

@@ -42,6 +42,7 @@ func TestMetrics(t *testing.T) {
 	})
 	for _, want := range []string{
 		"connector_log_events ",
+		"connector_log_compacted_total ",
 		`connector_source_events_total{source="demokommune",type="file"}`,
 		`connector_receiver_cursor{receiver="organisation",type="file"}`,
 		`connector_receiver_dead_letters_total{receiver="organisation"} 0`,

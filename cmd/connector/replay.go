@@ -134,12 +134,17 @@ func resolveFrom(tx *state.Tx, from string, last uint64) (uint64, error) {
 	if err != nil {
 		return 0, usageErr("--from %q: give beginning, a sequence number, or a time (RFC 3339 or 2006-01-02)", from)
 	}
-	// Registration time grows with the sequence: binary search.
+	// Registration time grows with the sequence: binary search. A
+	// compacted log has gaps; a sequence stands for the first event at or
+	// after it.
 	observed := func(seq uint64) time.Time {
 		var ev struct {
 			ObservedAt history.Time `json:"observedAt"`
 		}
-		_ = json.Unmarshal(tx.Get(state.Log, state.U64(seq)), &ev)
+		_ = tx.ScanFrom(state.Log, nil, state.U64(seq), func(_, v []byte) error {
+			_ = json.Unmarshal(v, &ev)
+			return state.ErrStop
+		})
 		return ev.ObservedAt.Time
 	}
 	i := sort.Search(int(last), func(i int) bool { return !observed(uint64(i + 1)).Before(t) })

@@ -120,6 +120,7 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 	trimCtx, stopTrim := context.WithCancel(context.Background())
 	defer stopTrim()
 	a.trimMemory(trimCtx)
+	a.compactEvery(trimCtx)
 
 	// Receivers run on their own context: on shutdown the sources stop
 	// first, so everything they committed can still go out.
@@ -147,6 +148,9 @@ func (a *app) run(ctx context.Context, once bool, out io.Writer) error {
 	close(drain)
 	dispErr := finishDelivery(ctx, once, dispatchDone, stopDispatch)
 	if once {
+		if dispErr == nil && srcErr == nil {
+			a.compactLog(ctx)
+		}
 		a.summary(out)
 	}
 	a.log.Info("agent stopped")

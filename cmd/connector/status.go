@@ -21,10 +21,12 @@ import (
 
 // Report is what `connector status` shows.
 type Report struct {
-	State        string           `json:"state"`
-	Installation string           `json:"installation"`
-	SizeBytes    int64            `json:"sizeBytes"`
-	LogLength    uint64           `json:"logLength"`
+	State        string `json:"state"`
+	Installation string `json:"installation"`
+	SizeBytes    int64  `json:"sizeBytes"`
+	LogLength    uint64 `json:"logLength"`
+	// LogCompacted is how many events retention.log has removed.
+	LogCompacted uint64           `json:"logCompacted"`
 	Running      bool             `json:"running"`
 	Sources      []SourceReport   `json:"sources"`
 	Receivers    []ReceiverReport `json:"receivers"`
@@ -116,6 +118,7 @@ func (a *app) report(db *state.DB) (*Report, error) {
 	now := time.Now()
 	err := db.View(func(tx *state.Tx) error {
 		rep.LogLength = publish.LastSequence(tx)
+		rep.LogCompacted = history.Compacted(tx)
 		for _, s := range a.sources {
 			ss, err := history.LoadSource(tx, s.Name)
 			if err != nil {
@@ -149,9 +152,13 @@ func (a *app) report(db *state.DB) (*Report, error) {
 				var ev struct {
 					ObservedAt history.Time `json:"observedAt"`
 				}
-				if v := tx.Get(state.Log, state.U64(rr.Cursor+1)); v != nil && json.Unmarshal(v, &ev) == nil {
-					rr.LagSeconds = now.Sub(ev.ObservedAt.Time).Round(time.Millisecond).Seconds()
-				}
+				// The next event it will get (a compacted log has gaps).
+				_ = tx.ScanFrom(state.Log, nil, state.U64(rr.Cursor+1), func(_, v []byte) error {
+					if json.Unmarshal(v, &ev) == nil {
+						rr.LagSeconds = now.Sub(ev.ObservedAt.Time).Round(time.Millisecond).Seconds()
+					}
+					return state.ErrStop
+				})
 			}
 			rep.Receivers = append(rep.Receivers, rr)
 		}
@@ -165,7 +172,11 @@ func printReport(out io.Writer, r *Report) {
 	if r.Running {
 		run = " (agent running)"
 	}
-	fmt.Fprintf(out, "state %s%s: %d events in the log, %.1f MiB\n\n", r.State, run, r.LogLength, float64(r.SizeBytes)/(1<<20))
+	logged := fmt.Sprintf("%d events in the log", r.LogLength)
+	if r.LogCompacted > 0 {
+		logged = fmt.Sprintf("%d events in the log (sequences up to %d; %d compacted away by retention.log)", r.LogLength-r.LogCompacted, r.LogLength, r.LogCompacted)
+	}
+	fmt.Fprintf(out, "state %s%s: %s, %.1f MiB\n\n", r.State, run, logged, float64(r.SizeBytes)/(1<<20))
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SOURCE\tTYPE\tEPOCH\tEVENTS\tLIVE\tLAST CHANGE\tQUARANTINED\tPOSITION\tNOTE")
 	for _, s := range r.Sources {
