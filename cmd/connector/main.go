@@ -20,6 +20,7 @@ import (
 	_ "github.com/os2sandbox/connector/capture/mysql"
 	_ "github.com/os2sandbox/connector/capture/postgres"
 	_ "github.com/os2sandbox/connector/publish/file"
+	_ "github.com/os2sandbox/connector/publish/fordeler"
 	_ "github.com/os2sandbox/connector/publish/kafka"
 )
 

@@ -12,6 +12,7 @@ import (
 	"github.com/os2sandbox/connector/configs"
 	"github.com/os2sandbox/connector/publish"
 	"github.com/os2sandbox/connector/publish/render"
+	"github.com/os2sandbox/connector/publish/tlsconf"
 )
 
 // Formats of the event topic's values.
@@ -83,13 +84,7 @@ type StateTopic struct {
 }
 
 // TLS configures TLS to the brokers; its presence turns TLS on.
-type TLS struct {
-	CAFile             string `yaml:"ca_file"`
-	CertFile           string `yaml:"cert_file"`
-	KeyFile            string `yaml:"key_file"`
-	ServerName         string `yaml:"server_name"`
-	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
-}
+type TLS = tlsconf.Config
 
 // SASL configures SASL authentication.
 type SASL struct {
