@@ -8,7 +8,7 @@ echo "== spine: file snapshot → state → receiver, $USERS users (scripts/benc
 go run ./scripts/bench -users "$USERS" -bin bin/connector
 echo
 # Adapter benchmarks (each reports its own raw baseline and ratio).
-for pkg in ./capture/postgres ./publish/kafka ./publish/fordeler ./capture/ldap; do
+for pkg in ./capture/postgres ./capture/mysql ./publish/kafka ./publish/fordeler ./capture/ldap; do
   if ls "$pkg"/*_test.go >/dev/null 2>&1 && grep -qs '^func Benchmark' "$pkg"/*_test.go; then
     echo "== $pkg"
     go test -run '^$' -bench . -benchtime 1x -timeout 60m "$pkg"
