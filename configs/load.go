@@ -221,10 +221,8 @@ func Hash(n *yaml.Node) string {
 // keyNode returns the value node of key in a mapping node, or the mapping
 // itself, for error positions.
 func keyNode(m *yaml.Node, key string) *yaml.Node {
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == key {
-			return m.Content[i+1]
-		}
+	if v := Value(m, key); v != nil {
+		return v
 	}
 	return m
 }

@@ -141,7 +141,7 @@ func parseConfig(node *yaml.Node, opts capture.Options) (*settings, error) {
 		return nil, err
 	}
 	bad := func(hint string, key []string, format string, args ...any) error {
-		return configs.Errorf(file, keyNode(node, key...), hint, "file source %q: "+format, append([]any{opts.Name}, args...)...)
+		return configs.Errorf(file, configs.Key(node, key...), hint, "file source %q: "+format, append([]any{opts.Name}, args...)...)
 	}
 	s := &settings{path: c.Path, batchSize: c.BatchSize, allowEmpty: c.AllowEmpty,
 		read: readOptions{finalNewline: true, csv: csvOptions{header: true}}}
@@ -371,25 +371,3 @@ func firstDuplicate(list []string) string {
 	return ""
 }
 
-// keyNode finds the key node at path in a mapping (for its line); it falls
-// back to the deepest node found.
-func keyNode(node *yaml.Node, path ...string) *yaml.Node {
-	at := node
-	for _, key := range path {
-		if node == nil || node.Kind != yaml.MappingNode {
-			break
-		}
-		var next *yaml.Node
-		for i := 0; i+1 < len(node.Content); i += 2 {
-			if node.Content[i].Value == key {
-				at, next = node.Content[i], node.Content[i+1]
-				break
-			}
-		}
-		if next == nil {
-			break
-		}
-		node = next
-	}
-	return at
-}

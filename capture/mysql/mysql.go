@@ -118,7 +118,7 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if s.log == nil {
 		s.log = nopLogger{}
 	}
-	at := func(key string) *yaml.Node { return keyNode(node, key) }
+	at := func(key string) *yaml.Node { return configs.Key(node, key) }
 	where := fmt.Sprintf("mysql source %q", opts.Name)
 	if cfg.DSN != "" {
 		u, err := url.Parse(cfg.DSN)
@@ -203,18 +203,6 @@ func serverIDFor(name string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte("connector/" + name))
 	return 1<<30 | h.Sum32()&(1<<30-1)
-}
-
-func keyNode(node *yaml.Node, key string) *yaml.Node {
-	if node == nil || node.Kind != yaml.MappingNode {
-		return node
-	}
-	for i := 0; i+1 < len(node.Content); i += 2 {
-		if node.Content[i].Value == key {
-			return node.Content[i]
-		}
-	}
-	return node
 }
 
 type nopLogger struct{}

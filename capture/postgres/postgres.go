@@ -108,7 +108,7 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 	if s.log == nil {
 		s.log = nopLogger{}
 	}
-	at := func(key string) *yaml.Node { return keyNode(node, key) }
+	at := func(key string) *yaml.Node { return configs.Key(node, key) }
 	where := fmt.Sprintf("postgres source %q", opts.Name)
 	if strings.TrimSpace(cfg.DSN) == "" {
 		return nil, configs.Errorf(opts.File, node, `e.g. dsn: "postgres://connector@db.example.org:5432/hr?sslmode=verify-full&sslrootcert=/etc/connector/ca.pem"`,
@@ -162,18 +162,6 @@ func New(node *yaml.Node, opts capture.Options) (*Source, error) {
 // KeepsRows tells the engine to keep raw rows: updates may omit unchanged
 // TOAST columns and deletes may carry only the key.
 func (s *Source) KeepsRows() bool { return true }
-
-func keyNode(node *yaml.Node, key string) *yaml.Node {
-	if node == nil || node.Kind != yaml.MappingNode {
-		return node
-	}
-	for i := 0; i+1 < len(node.Content); i += 2 {
-		if node.Content[i].Value == key {
-			return node.Content[i]
-		}
-	}
-	return node
-}
 
 type nopLogger struct{}
 

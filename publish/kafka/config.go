@@ -117,7 +117,7 @@ func decodeConfig(node *yaml.Node, file, name string) (*settings, error) {
 	if err := configs.Decode(file, node, &cfg, publish.CommonKeys...); err != nil {
 		return nil, err
 	}
-	at := func(path ...string) *yaml.Node { return find(node, path...) }
+	at := func(path ...string) *yaml.Node { return configs.Value(node, path...) }
 	bad := func(n *yaml.Node, hint, format string, args ...any) error {
 		if n == nil {
 			n = node
@@ -245,23 +245,6 @@ func decodeConfig(node *yaml.Node, file, name string) (*settings, error) {
 		}
 	}
 	return s, nil
-}
-
-// find returns the value node at path in a mapping node, or nil.
-func find(node *yaml.Node, path ...string) *yaml.Node {
-	for _, key := range path {
-		if node == nil || node.Kind != yaml.MappingNode {
-			return nil
-		}
-		var next *yaml.Node
-		for i := 0; i+1 < len(node.Content); i += 2 {
-			if node.Content[i].Value == key {
-				next = node.Content[i+1]
-			}
-		}
-		node = next
-	}
-	return node
 }
 
 func compressionCodec(name string) (kafkago.Compression, error) {
