@@ -370,4 +370,3 @@ func firstDuplicate(list []string) string {
 	}
 	return ""
 }
-
