@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/os2sandbox/connector/capture"
 	"github.com/os2sandbox/connector/capture/sqltable"
+	"github.com/os2sandbox/connector/configs/tlsconf"
 )
 
 // tlsMode is the effective TLS mode: the configured one, else verify-full,
@@ -58,27 +58,12 @@ func (s *Source) tlsConfig() (*tls.Config, error) {
 	if t == nil {
 		t = &TLS{}
 	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	c, err := tlsconf.Build(where, "the server's", &tlsconf.Config{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName})
+	if err != nil {
+		return nil, err
+	}
 	if c.ServerName == "" {
 		c.ServerName = s.cfg.Host
-	}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("%s: tls.ca_file: %w (give the path of the PEM file of the CA that signed the server's certificate)", where, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: tls.ca_file %s holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)", where, t.CAFile)
-		}
-		c.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("%s: client certificate tls.cert_file %s / tls.key_file %s: %w", where, t.CertFile, t.KeyFile, err)
-		}
-		c.Certificates = []tls.Certificate{cert}
 	}
 	switch mode {
 	case "require":

@@ -47,10 +47,10 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/os2sandbox/connector/configs/tlsconf"
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
 	"github.com/os2sandbox/connector/publish/render"
-	"github.com/os2sandbox/connector/publish/tlsconf"
 )
 
 func init() { publish.Register("fordeler", New) }

@@ -10,9 +10,9 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/os2sandbox/connector/configs"
+	"github.com/os2sandbox/connector/configs/tlsconf"
 	"github.com/os2sandbox/connector/publish"
 	"github.com/os2sandbox/connector/publish/render"
-	"github.com/os2sandbox/connector/publish/tlsconf"
 )
 
 // Formats of the event topic's values.

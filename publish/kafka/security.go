@@ -8,7 +8,7 @@ import (
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
-	"github.com/os2sandbox/connector/publish/tlsconf"
+	"github.com/os2sandbox/connector/configs/tlsconf"
 )
 
 // tlsConfig builds the client TLS configuration; nil when TLS is off.

@@ -1,5 +1,6 @@
-// Package tlsconf builds the client TLS configuration of a receiver from
-// its tls: block, the same for every receiver type.
+// Package tlsconf builds a client TLS configuration from a config's tls:
+// block: the same for every receiver type, and the certificate files of
+// the SQL sources.
 package tlsconf
 
 import (
