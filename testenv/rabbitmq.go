@@ -171,6 +171,43 @@ func (r *RabbitMQ) URL() string {
 // Addr is the plain AMQP listener's host:port.
 func (r *RabbitMQ) Addr() string { return fmt.Sprintf("127.0.0.1:%d", r.Port) }
 
+// Admin runs f on a channel of a fresh connection to the node, failing tb
+// on an error.
+func (r *RabbitMQ) Admin(tb testing.TB, f func(*amqp.Channel) error) {
+	tb.Helper()
+	c, err := amqp.Dial(r.URL())
+	if err != nil {
+		tb.Fatalf("admin connection: %v", err)
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := f(ch); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Drain takes every message of queue q (get without waiting), in order.
+func (r *RabbitMQ) Drain(tb testing.TB, q string) []amqp.Delivery {
+	tb.Helper()
+	var out []amqp.Delivery
+	r.Admin(tb, func(ch *amqp.Channel) error {
+		for {
+			d, ok, err := ch.Get(q, true)
+			if err != nil {
+				return fmt.Errorf("get from %s: %w", q, err)
+			}
+			if !ok {
+				return nil
+			}
+			out = append(out, d)
+		}
+	})
+	return out
+}
+
 func (r *RabbitMQ) env() []string {
 	return []string{
 		"PATH=/usr/sbin:/usr/bin:/sbin:/bin",

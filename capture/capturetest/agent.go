@@ -65,6 +65,13 @@ func RunAndKill(t testing.TB, bin, dir string, after time.Duration) {
 	t.Helper()
 	cmd := exec.Command(bin, "run", "-c", "connector.yaml")
 	cmd.Dir = dir
+	StartAndKill(t, cmd, after)
+}
+
+// StartAndKill starts the agent's command cmd, SIGKILLs it after the given
+// time, and fails t if the agent logged an error before it died.
+func StartAndKill(t testing.TB, cmd *exec.Cmd, after time.Duration) {
+	t.Helper()
 	var se bytes.Buffer
 	cmd.Stderr = &se
 	if err := cmd.Start(); err != nil {

@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"encoding/pem"
 	"encoding/xml"
-	"errors"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,6 +16,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/os2sandbox/connector/publish/publishtest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -74,50 +72,19 @@ type besked struct {
 	Data string `xml:"urn:oio:besked:kuvert:1.0 Beskeddata"`
 }
 
-// readQueue takes every message of queue q.
-func readQueue(t *testing.T, mq *testenv.RabbitMQ, q string) []amqp.Delivery {
-	t.Helper()
-	c, err := amqp.Dial(mq.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ch, err := c.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []amqp.Delivery
-	for {
-		d, ok, err := ch.Get(q, true)
-		if err != nil {
-			t.Fatalf("get from %s: %v", q, err)
-		}
-		if !ok {
-			return out
-		}
-		out = append(out, d)
-	}
-}
-
 // checkBeskeder checks that the messages carry the log: every event, the
 // first copies in sequence order, duplicates identical, each Beskeddata
 // the event's bytes as the file receiver wrote them. It returns the
 // number of duplicates.
 func checkBeskeder(t *testing.T, msgs []amqp.Delivery, log []line) int {
 	t.Helper()
-	seen := map[string][]byte{}
+	firsts := publishtest.FirstCopies(t, len(msgs), func(i int) (string, []byte) { return msgs[i].MessageId, msgs[i].Body })
+	if len(firsts) > len(log) {
+		t.Fatalf("more distinct messages than the %d events", len(log))
+	}
 	next, related := 0, 0
-	for _, d := range msgs {
-		if prev, dup := seen[d.MessageId]; dup {
-			if !bytes.Equal(prev, d.Body) {
-				t.Fatalf("duplicate of %s differs", d.MessageId)
-			}
-			continue
-		}
-		seen[d.MessageId] = d.Body
-		if next >= len(log) {
-			t.Fatalf("more distinct messages than the %d events", len(log))
-		}
+	for _, i := range firsts {
+		d := msgs[i]
 		want := log[next]
 		next++
 		var b besked
@@ -171,7 +138,7 @@ func TestFordelerAMQPDemo(t *testing.T) {
 	if br := receiverOf(t, rep, "bf"); br.Cursor != rep.LogLength || br.DeadLetters != 0 || br.LastError != "" {
 		t.Fatalf("bf receiver after run --once: %+v", br)
 	}
-	msgs := readQueue(t, mq, "bf.q")
+	msgs := mq.Drain(t, "bf.q")
 	if dups := checkBeskeder(t, msgs, log); dups != 0 {
 		t.Fatalf("%d duplicates; an undisturbed run delivers each event once", dups)
 	}
@@ -192,35 +159,12 @@ func TestFordelerAMQPKill9(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "amqp-password")
 	writeFile(t, secret, mq.Password+"\n")
 	bf := withFordelerAMQP(mq, "${file:"+secret+"}", "batch: 3", "rate: 200", "timeout: 3s", "retry: {initial: 50ms, max: 500ms}")
-	dir := demoDir(t, func(s string) string {
-		small := strings.Replace(s, "    start: beginning\n    classification: internal",
-			"    start: beginning\n    batch: 10\n    classification: internal", 1)
-		if small == s {
-			t.Fatal("test setup: the organisation receiver's batch was not set")
-		}
-		return bf(small)
-	})
+	dir := demoDir(t, withSmallOrgBatch(t, bf))
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
-	kills, midDelivery := 0, 0
-	cursor := uint64(0)
-	for i := 0; kills < 12 && i < 40; i++ {
-		after := time.Duration(300+rng.IntN(1500)) * time.Millisecond
-		startAndKill(t, dir, after)
-		kills++
-		rep, err := tryStatus(t, dir)
-		if err != nil {
-			_, serr := os.Stat(filepath.Join(dir, "demo-out", "state.db"))
-			if !errors.Is(serr, os.ErrNotExist) && !strings.Contains(err.Error(), "exists but is empty") {
-				t.Fatal(err)
-			}
-			continue
-		}
-		br := receiverOf(t, rep, "bf")
-		if br.Cursor > cursor && br.Cursor < rep.LogLength {
-			midDelivery++
-		}
-		cursor = br.Cursor
-	}
+	const kills = 12
+	midDelivery := killDuringDelivery(t, dir, "bf", kills, func(int) time.Duration {
+		return time.Duration(300+rng.IntN(1500)) * time.Millisecond
+	})
 	if r := run(t, dir, "run", "--once", "-c", "demo.yaml"); r.code != 0 {
 		t.Fatalf("final run: %s", r.stderr)
 	}
@@ -229,7 +173,7 @@ func TestFordelerAMQPKill9(t *testing.T) {
 	if br := receiverOf(t, rep, "bf"); br.Cursor != rep.LogLength || br.DeadLetters != 0 {
 		t.Fatalf("bf receiver after the final run: %+v", br)
 	}
-	msgs := readQueue(t, mq, "bf.q")
+	msgs := mq.Drain(t, "bf.q")
 	dups := checkBeskeder(t, msgs, log)
 	if midDelivery < 3 {
 		t.Errorf("only %d of %d kills hit the receiver mid-delivery; the test no longer tests what it says", midDelivery, kills)

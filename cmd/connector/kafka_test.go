@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -559,54 +558,18 @@ func TestKafkaKill9(t *testing.T) {
 	})
 	// Small batches at a capped rate keep the kafka receiver delivering
 	// for several seconds in all, so most kills land mid-delivery.
-	//
-	// The organisation file receiver, the reference, gets batches of 10:
-	// publish/file appends a batch through a 64 KiB buffer, so a larger
-	// batch takes several write calls, and a kill between them leaves a
-	// torn line that the next run appends after (reported to the lead;
-	// TestKill9's batch of 7 stays clear of it too).
 	kafka := withKafka(k.Addr, "batch: 2", "rate: 150", "timeout: 3s", "retry: {initial: 50ms, max: 500ms}")
-	dir := demoDir(t, func(s string) string {
-		small := strings.Replace(s, "    start: beginning\n    classification: internal",
-			"    start: beginning\n    batch: 10\n    classification: internal", 1)
-		if small == s {
-			t.Fatal("test setup: the organisation receiver's batch was not set")
-		}
-		return kafka(small)
-	})
+	dir := demoDir(t, withSmallOrgBatch(t, kafka))
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
-	kills, midDelivery := 0, 0
-	cursor := uint64(0) // the kafka receiver's, after the last kill
-	for i := 0; kills < 20 && i < 60; i++ {
+	const kills = 20
+	midDelivery := killDuringDelivery(t, dir, "kafka", kills, func(i int) time.Duration {
 		// Every third kill early (start-up, capture, the receiver's first
 		// produce), the others spread over delivery.
-		after := time.Duration(rng.IntN(1500)) * time.Millisecond
 		if i%3 == 0 {
-			after = time.Duration(rng.IntN(300)) * time.Millisecond
+			return time.Duration(rng.IntN(300)) * time.Millisecond
 		}
-		startAndKill(t, dir, after)
-		kills++
-		// A kill hit delivery when this run moved the cursor and did not
-		// reach the end (an undercount: a run killed in its first produce
-		// request moved nothing).
-		rep, err := tryStatus(t, dir)
-		if err != nil {
-			// Killed before it created the state file, or before its
-			// first commit.
-			_, serr := os.Stat(filepath.Join(dir, "demo-out", "state.db"))
-			if !errors.Is(serr, os.ErrNotExist) && !strings.Contains(err.Error(), "exists but is empty") {
-				t.Fatal(err)
-			}
-			t.Logf("kill %d after %v: no state yet", kills, after)
-			continue
-		}
-		kr := receiverOf(t, rep, "kafka")
-		if kr.Cursor > cursor && kr.Cursor < rep.LogLength {
-			midDelivery++
-		}
-		t.Logf("kill %d after %v: log %d, kafka cursor %d", kills, after, rep.LogLength, kr.Cursor)
-		cursor = kr.Cursor
-	}
+		return time.Duration(rng.IntN(1500)) * time.Millisecond
+	})
 	if r := run(t, dir, "run", "--once", "-c", "demo.yaml"); r.code != 0 {
 		t.Fatalf("final run: %s", r.stderr)
 	}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/publishtest"
 	"github.com/os2sandbox/connector/publish/render"
 )
 
@@ -74,11 +74,11 @@ func TestAMQPDeliver(t *testing.T) {
 			}
 			r := openReceiver(t, nil, amqpConfig(ex, extra...))
 			events := batch(1, 300)
-			events[7] = ev(8, "Employee", "o3", history.OpDelete)
+			events[7] = publishtest.Event(8, "hr", "Employee", "o3", history.OpDelete, 2)
 			if err := r.Deliver(context.Background(), events); err != nil {
 				t.Fatal(err)
 			}
-			got := drain(t, q)
+			got := mq.Drain(t, q)
 			if len(got) != len(events) {
 				t.Fatalf("%d messages in the queue, want %d", len(got), len(events))
 			}
@@ -120,7 +120,7 @@ func TestAMQPDeliver(t *testing.T) {
 					t.Errorf("message %d carries %s %s %s, want %s %s %s", i, e.EventID, e.Operation, e.Object.ID, want.EventID, want.Operation, want.Object.ID)
 				}
 			}
-			if e := beskeddataOrNil(t, format, got[7].Body); e != nil && (e.After != nil || e.Before["name"] != "o3 <&> 8") {
+			if e := beskeddataOrNil(t, format, got[7].Body); e != nil && (e.After != nil || e.Before["name"] != publishtest.Name("Employee", "o3", 1)) {
 				t.Errorf("delete event carries before %v after %v", e.Before, e.After)
 			}
 		})
@@ -140,14 +140,14 @@ func beskeddataOrNil(t *testing.T, format string, body []byte) *history.Event {
 // confirmed; nothing is dropped silently.
 func TestAMQPUnroutable(t *testing.T) {
 	ex, q := exchangeWithQueue(t)
-	admin(t, func(ch *amqp.Channel) error { return ch.QueueUnbind(q, "#", ex, nil) })
-	admin(t, func(ch *amqp.Channel) error { return ch.QueueBind(q, "Employee.*", ex, false, nil) })
+	mq.Admin(t, func(ch *amqp.Channel) error { return ch.QueueUnbind(q, "#", ex, nil) })
+	mq.Admin(t, func(ch *amqp.Channel) error { return ch.QueueBind(q, "Employee.*", ex, false, nil) })
 	r := openReceiver(t, nil, amqpConfig(ex))
 	events := batch(1, 10)
-	events[6] = ev(7, "Department", "d1", history.OpCreate)
+	events[6] = publishtest.Event(7, "hr", "Department", "d1", history.OpCreate, 1)
 	// A second unroutable one in the same window: its return must not be
 	// taken for a return of its redelivery once a queue is bound.
-	events[8] = ev(9, "Department", "d2", history.OpCreate)
+	events[8] = publishtest.Event(9, "hr", "Department", "d2", history.OpCreate, 1)
 	err := r.Deliver(context.Background(), events)
 	var pe *publish.PartialError
 	if !errors.As(err, &pe) || pe.Confirmed != 6 {
@@ -159,14 +159,14 @@ func TestAMQPUnroutable(t *testing.T) {
 		}
 	}
 	// Bound now, the redelivery of the rest goes through.
-	admin(t, func(ch *amqp.Channel) error { return ch.QueueBind(q, "Department.*", ex, false, nil) })
+	mq.Admin(t, func(ch *amqp.Channel) error { return ch.QueueBind(q, "Department.*", ex, false, nil) })
 	if err := r.Deliver(context.Background(), events[6:]); err != nil {
 		t.Fatal(err)
 	}
 	// Messages after the returned one were published in the same window
 	// and routed: they arrive twice (identical), as the package
 	// documentation says.
-	got := drain(t, q)
+	got := mq.Drain(t, q)
 	seen := map[string][]byte{}
 	for i, d := range got {
 		if i < 6 && d.MessageId != events[i].EventID {
@@ -197,7 +197,7 @@ func TestAMQPExchangeMissing(t *testing.T) {
 	// With declare, the receiver makes the exchange and a queue itself.
 	r = openReceiver(t, nil, amqpConfig("declared.ex", "  declare: {exchange_type: topic, queue: declared.q}"))
 	t.Cleanup(func() {
-		admin(t, func(ch *amqp.Channel) error {
+		mq.Admin(t, func(ch *amqp.Channel) error {
 			ch.QueueDelete("declared.q", false, false, false)
 			return ch.ExchangeDelete("declared.ex", false, false)
 		})
@@ -208,7 +208,7 @@ func TestAMQPExchangeMissing(t *testing.T) {
 	if err := r.Deliver(context.Background(), batch(1, 3)); err != nil {
 		t.Fatal(err)
 	}
-	if got := drain(t, "declared.q"); len(got) != 3 {
+	if got := mq.Drain(t, "declared.q"); len(got) != 3 {
 		t.Fatalf("%d messages in the declared queue", len(got))
 	}
 }
@@ -232,7 +232,7 @@ func TestAMQPCheckFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			log := &testLog{t: t}
+			log := publishtest.NewLog(t)
 			r := openReceiver(t, log, tt.config)
 			err := r.Check(context.Background())
 			if err == nil {
@@ -244,7 +244,7 @@ func TestAMQPCheckFailures(t *testing.T) {
 					t.Errorf("error lacks %q: %v", w, err)
 				}
 			}
-			if tt.not != "" && (strings.Contains(err.Error(), tt.not) || strings.Contains(log.all(), tt.not)) {
+			if tt.not != "" && (strings.Contains(err.Error(), tt.not) || log.Has(tt.not)) {
 				t.Errorf("the password shows in the error or the log: %v", err)
 			}
 			derr := r.Deliver(context.Background(), batch(1, 1))
@@ -296,7 +296,7 @@ func TestAMQPTLS(t *testing.T) {
 			}
 		})
 	}
-	if got := drain(t, q); len(got) != sent {
+	if got := mq.Drain(t, q); len(got) != sent {
 		t.Errorf("%d messages arrived over TLS, want %d", len(got), sent)
 	}
 }
@@ -310,83 +310,30 @@ func TestAMQPBrokerKilled(t *testing.T) {
 	r := openReceiver(t, nil, amqpConfig(ex, bfBlock))
 	events := batch(1, 3000)
 
-	var next atomic.Int64
-	var lastErr atomic.Value
-	stop := make(chan struct{})
-	result := make(chan error, 1)
-	go func() {
-		backoff := 50 * time.Millisecond
-		for n := 0; n < len(events); {
-			select {
-			case <-stop:
-				result <- fmt.Errorf("stuck at %d of %d; last error: %v", n, len(events), lastErr.Load())
-				return
-			default:
-			}
-			end := min(n+50, len(events))
-			err := r.Deliver(context.Background(), events[n:end])
-			var re *publish.RejectedError
-			switch {
-			case err == nil:
-				n = end
-				backoff = 50 * time.Millisecond
-				time.Sleep(2 * time.Millisecond)
-			case errors.As(err, &re):
-				result <- err
-				return
-			default:
-				lastErr.Store(err.Error())
-				n += publish.Confirmed(err)
-				time.Sleep(backoff)
-				backoff = min(2*backoff, time.Second)
-			}
-			next.Store(int64(n))
-		}
-		result <- nil
-	}()
-	for next.Load() < int64(len(events)/3) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	feed := publishtest.StartFeed(t, r, events, 50, 2*time.Millisecond)
+	feed.WaitFor(t, int64(len(events)/3), time.Minute)
 	mq.Kill()
-	killedAt := next.Load()
+	killedAt := feed.Next()
 	restart := time.Now()
 	if err := mq.Start(); err != nil {
-		close(stop)
 		t.Fatal(err)
 	}
 	t.Logf("the broker was back after %v", time.Since(restart).Round(time.Millisecond))
 	// Once the broker is back, the rest goes through within a minute,
 	// however long the restart took on a busy machine.
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(time.Minute):
-		close(stop)
-		t.Fatal(<-result)
+	if err := feed.Wait(time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	if killedAt >= int64(len(events)) {
 		t.Fatal("the kill came after the last delivery; the test proves nothing")
 	}
-	got := drain(t, q)
-	first := map[string][]byte{}
-	var order []string
-	for _, d := range got {
-		if prev, dup := first[d.MessageId]; dup {
-			if !bytes.Equal(prev, d.Body) {
-				t.Fatalf("duplicate of %s differs", d.MessageId)
-			}
-			continue
-		}
-		first[d.MessageId] = d.Body
-		order = append(order, d.MessageId)
-	}
+	got := mq.Drain(t, q)
+	order := publishtest.FirstCopies(t, len(got), func(i int) (string, []byte) { return got[i].MessageId, got[i].Body })
 	if len(order) != len(events) {
 		t.Fatalf("%d distinct events in the queue, want %d (lost %d)", len(order), len(events), len(events)-len(order))
 	}
-	for i, id := range order {
-		if id != events[i].EventID {
+	for i, j := range order {
+		if got[j].MessageId != events[i].EventID {
 			t.Fatalf("first copies out of order at %d", i)
 		}
 	}
@@ -397,7 +344,7 @@ func TestAMQPBrokerKilled(t *testing.T) {
 // the messages before count as confirmed and the error says what it is.
 func TestAMQPNack(t *testing.T) {
 	const ex, q = "nack.ex", "nack.q"
-	admin(t, func(ch *amqp.Channel) error {
+	mq.Admin(t, func(ch *amqp.Channel) error {
 		if err := ch.ExchangeDeclare(ex, "topic", false, true, false, false, nil); err != nil {
 			return err
 		}
@@ -412,7 +359,7 @@ func TestAMQPNack(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Confirmed != 3 || !strings.Contains(err.Error(), "nack") {
 		t.Fatalf("Deliver = %v, want 3 confirmed, then a nack", err)
 	}
-	drain(t, q)
+	mq.Drain(t, q)
 	if err := r.Deliver(context.Background(), batch(4, 2)); err != nil {
 		t.Fatalf("after the queue had room: %v", err)
 	}
@@ -455,7 +402,7 @@ func TestAMQPConfirmTimeout(t *testing.T) {
 		t.Fatalf("after the alarm: %v", err)
 	}
 	seen := map[string]bool{}
-	for _, d := range drain(t, q) {
+	for _, d := range mq.Drain(t, q) {
 		seen[d.MessageId] = true
 	}
 	if len(seen) != 6 {

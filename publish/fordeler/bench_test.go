@@ -4,13 +4,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/os2sandbox/connector/history"
+	"github.com/os2sandbox/connector/publish/publishtest"
 )
 
 var (
@@ -20,37 +20,20 @@ var (
 )
 
 // benchEvent is event i of a stream over 1,000 objects with realistic
-// images (about 20 fields), carrying the canonical JSON the log holds
-// (Raw), as the dispatcher hands it over.
-func benchEvent(b *testing.B, i int) history.Event {
+// images (about 20 fields); an update carries no before image.
+func benchEvent(i int) history.Event {
 	id := fmt.Sprintf("%08d-aaaa-4bbb-8ccc-%012d", i%1000, i%1000)
 	op := history.OpUpdate
 	if i < 1000 {
 		op = history.OpCreate
 	}
-	e := ev(uint64(i+1), "Employee", id, op)
-	e.After = map[string]any{
-		"id": id, "givenName": "Karen", "surname": fmt.Sprintf("Jensen-%d", i%977), "displayName": "Karen Jensen",
-		"mail": fmt.Sprintf("kj%d@kommune.example.dk", i%1000), "phone": "+45 33 12 34 56",
-		"title": "Sagsbehandler", "department": "Borgerservice", "unit": fmt.Sprintf("OU-%d", i%37),
-		"manager": "00000042-aaaa-4bbb-8ccc-000000000042", "employeeNumber": fmt.Sprintf("E%06d", i%1000),
-		"startDate": "2019-08-01", "costCenter": "4711", "location": "Rådhuset, 2. sal",
-		"groups": []any{"alle-ansatte", "borgerservice", "sagsbehandlere"}, "enabled": true,
-	}
-	raw, err := history.AppendJSON(nil, &e)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e.Raw = raw
+	e := publishtest.Event(uint64(i+1), "hr", "Employee", id, op, 1)
+	e.Before, e.Changed, e.After = nil, nil, publishtest.BenchImage(i, id)
 	return e
 }
 
 func benchBatchEvents(b *testing.B, from, n int) []history.Event {
-	out := make([]history.Event, n)
-	for i := range out {
-		out[i] = benchEvent(b, from+i)
-	}
-	return out
+	return publishtest.RawBatch(b, from, n, benchEvent)
 }
 
 // BenchmarkDeliverAMQP puts the same events through Receiver.Deliver and,
@@ -65,7 +48,7 @@ func benchBatchEvents(b *testing.B, from, n int) []history.Event {
 //	go test -run '^$' -bench BenchmarkDeliverAMQP -benchtime 1x ./publish/fordeler
 func BenchmarkDeliverAMQP(b *testing.B) {
 	const ex, q = "bench.ex", "bench.q"
-	admin(b, func(ch *amqp.Channel) error {
+	mq.Admin(b, func(ch *amqp.Channel) error {
 		if err := ch.ExchangeDeclare(ex, "topic", false, true, false, false, nil); err != nil {
 			return err
 		}
@@ -78,8 +61,8 @@ func BenchmarkDeliverAMQP(b *testing.B) {
 	if *benchFormat != FormatHaendelsesbesked {
 		extra = append(extra, "format: "+*benchFormat)
 	}
-	r := openReceiver(b, &testLog{t: b}, amqpConfig(ex, extra...))
-	pre := openReceiver(b, &testLog{t: b}, amqpConfig(ex, extra...))
+	r := openReceiver(b, publishtest.NewLog(b), amqpConfig(ex, extra...))
+	pre := openReceiver(b, publishtest.NewLog(b), amqpConfig(ex, extra...))
 	total, batch := *benchEvents, *benchBatch
 
 	conn, err := amqp.Dial(mq.URL())
@@ -114,23 +97,12 @@ func BenchmarkDeliverAMQP(b *testing.B) {
 	}
 	bytes = bytes * int64(total) / int64(batch)
 
+	events := func(from, n int) []history.Event { return benchBatchEvents(b, from, n) }
 	deliver := func(from, n int) time.Duration {
-		var d time.Duration
-		for i := from; i < from+n; i += batch {
-			evs := benchBatchEvents(b, i, min(batch, from+n-i))
-			start := time.Now()
-			if err := r.Deliver(context.Background(), evs); err != nil {
-				b.Fatal(err)
-			}
-			d += time.Since(start)
-		}
-		return d
+		return publishtest.TimedDeliver(b, r, from, n, batch, events)
 	}
 	bare := func(from, n int) time.Duration {
-		var d time.Duration
-		for i := from; i < from+n; i += batch {
-			msgs := messages(i, min(batch, from+n-i))
-			start := time.Now()
+		return publishtest.Timed(from, n, batch, messages, func(msgs []message) {
 			dcs := make([]*amqp.DeferredConfirmation, len(msgs))
 			for j, m := range msgs {
 				dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), ex, m.routingKey, true, false, amqp.Publishing{
@@ -147,14 +119,12 @@ func BenchmarkDeliverAMQP(b *testing.B) {
 					b.Fatal("nack")
 				}
 			}
-			d += time.Since(start)
 			select {
 			case ret := <-returns:
 				b.Fatalf("returned: %s", ret.ReplyText)
 			default:
 			}
-		}
-		return d
+		})
 	}
 	deliver(0, min(total, 2000))
 	bare(0, min(total, 2000))
@@ -170,15 +140,7 @@ func BenchmarkDeliverAMQP(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	n := float64(b.N * total)
-	mb := float64(int64(b.N)*bytes) / 1e6
-	b.ReportMetric(n/tr.Seconds(), "events/s")
-	b.ReportMetric(mb/tr.Seconds(), "MB/s")
-	b.ReportMetric(n/tp.Seconds(), "baseline-events/s")
-	b.ReportMetric(tp.Seconds()/tr.Seconds(), "ratio")
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MB") // Linux: KiB
-	}
-	b.Logf("%d events (%s), %.0f MB of messages: receiver %v, bare publisher %v", total, *benchFormat, mb/float64(b.N), tr/time.Duration(b.N), tp/time.Duration(b.N))
+	mb := float64(bytes) / 1e6
+	publishtest.ReportRates(b, total, mb, tr, tp)
+	b.Logf("%d events (%s), %.0f MB of messages: receiver %v, bare publisher %v", total, *benchFormat, mb, tr/time.Duration(b.N), tp/time.Duration(b.N))
 }

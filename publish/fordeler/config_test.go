@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/os2sandbox/connector/publish/publishtest"
 )
 
 func TestDecodeConfigErrors(t *testing.T) {
@@ -40,7 +42,7 @@ func TestDecodeConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := decodeConfig(yamlNode(t, head+tt.yaml), "connector.yaml", "bf")
+			s, err := decodeConfig(publishtest.YAMLNode(t, head+tt.yaml), "connector.yaml", "bf")
 			if len(tt.want) == 0 {
 				if err != nil {
 					t.Fatal(err)
@@ -69,14 +71,14 @@ func TestDecodeConfigErrors(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	s, err := decodeConfig(yamlNode(t, "name: bf\ntype: fordeler\ntransport: amqp\namqp: {url: bf.example.dk/BF, username: u, password: p}\n"+bfBlock+"\n"), "", "bf")
+	s, err := decodeConfig(publishtest.YAMLNode(t, "name: bf\ntype: fordeler\ntransport: amqp\namqp: {url: bf.example.dk/BF, username: u, password: p}\n"+bfBlock+"\n"), "", "bf")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.url.Scheme != "amqps" || s.Format != FormatHaendelsesbesked || s.AMQP.RoutingKey != DefaultRoutingKey {
 		t.Errorf("defaults: scheme %s format %s routing key %s", s.url.Scheme, s.Format, s.AMQP.RoutingKey)
 	}
-	s, err = decodeConfig(yamlNode(t, "name: bf\ntype: fordeler\ntransport: http\nhttp: {url: https://x.example}\n"), "", "bf")
+	s, err = decodeConfig(publishtest.YAMLNode(t, "name: bf\ntype: fordeler\ntransport: http\nhttp: {url: https://x.example}\n"), "", "bf")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/os2sandbox/connector/history"
+	"github.com/os2sandbox/connector/publish/publishtest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -29,17 +30,10 @@ func benchEvent(i int) history.Event {
 	if version == 1 {
 		op = history.OpCreate
 	}
-	e := ev(uint64(i+1), "hr", "Employee", id, op, version)
-	img := map[string]any{
-		"id": id, "version": float64(version),
-		"givenName": "Karen", "surname": fmt.Sprintf("Jensen-%d", i%977), "displayName": "Karen Jensen",
-		"mail": fmt.Sprintf("kj%d@kommune.example.dk", i%1000), "phone": "+45 33 12 34 56",
-		"title": "Sagsbehandler", "department": "Borgerservice", "unit": fmt.Sprintf("OU-%d", i%37),
-		"manager": "00000042-aaaa-4bbb-8ccc-000000000042", "employeeNumber": fmt.Sprintf("E%06d", i%1000),
-		"startDate": "2019-08-01", "costCenter": "4711", "location": "Rådhuset, 2. sal",
-		"groups":  []any{"alle-ansatte", "borgerservice", "sagsbehandlere"},
-		"enabled": true, "lastChange": fmt.Sprintf("2024-05-01T12:%02d:00Z", i%60),
-	}
+	e := publishtest.Event(uint64(i+1), "hr", "Employee", id, op, version)
+	img := publishtest.BenchImage(i, id)
+	img["version"] = float64(version)
+	img["lastChange"] = fmt.Sprintf("2024-05-01T12:%02d:00Z", i%60)
 	e.After = img
 	if op == history.OpUpdate {
 		prev := make(map[string]any, len(img))
@@ -57,16 +51,7 @@ func benchEvent(i int) history.Event {
 // them over: each carries the canonical JSON the log holds (Raw), since
 // the events are neither redacted nor replayed.
 func benchBatchEvents(b *testing.B, from, n int) []history.Event {
-	out := make([]history.Event, n)
-	for i := range out {
-		out[i] = benchEvent(from + i)
-		raw, err := history.AppendJSON(nil, &out[i])
-		if err != nil {
-			b.Fatal(err)
-		}
-		out[i].Raw = raw
-	}
-	return out
+	return publishtest.RawBatch(b, from, n, benchEvent)
 }
 
 // BenchmarkDeliver puts the same events through Receiver.Deliver and, in
@@ -80,10 +65,10 @@ func benchBatchEvents(b *testing.B, from, n int) []history.Event {
 //	go test -run '^$' -bench BenchmarkDeliver -benchtime 1x ./publish/kafka
 func BenchmarkDeliver(b *testing.B) {
 	k := testenv.NewKafka(b, testenv.KafkaOptions{InMemory: true, Extra: []kfake.Opt{kfake.BlackholeProduce()}})
-	r := openReceiver(b, &testLog{t: b}, testConfig(k.Addr))
+	r := openReceiver(b, publishtest.NewLog(b), testConfig(k.Addr))
 	// pre, configured alike, renders the baseline's records and those of
 	// the produce-only figure, leaving r's buffers to r's Deliver calls.
-	pre := openReceiver(b, &testLog{t: b}, testConfig(k.Addr))
+	pre := openReceiver(b, publishtest.NewLog(b), testConfig(k.Addr))
 	total, batch := *benchEvents, *benchBatch
 
 	// The baseline's records are exactly what the receiver produces,
@@ -131,29 +116,16 @@ func BenchmarkDeliver(b *testing.B) {
 	}
 	defer w.Close()
 
+	events := func(from, n int) []history.Event { return benchBatchEvents(b, from, n) }
 	deliver := func(from, n int) time.Duration {
-		var d time.Duration
-		for i := from; i < from+n; i += batch {
-			evs := benchBatchEvents(b, i, min(batch, from+n-i))
-			start := time.Now()
-			if err := r.Deliver(context.Background(), evs); err != nil {
-				b.Fatal(err)
-			}
-			d += time.Since(start)
-		}
-		return d
+		return publishtest.TimedDeliver(b, r, from, n, batch, events)
 	}
 	write := func(from, n int) time.Duration {
-		var d time.Duration
-		for i := from; i < from+n; i += batch {
-			recs := records(i, min(batch, from+n-i))
-			start := time.Now()
+		return publishtest.Timed(from, n, batch, records, func(recs []kafkago.Message) {
 			if err := w.WriteMessages(context.Background(), recs...); err != nil {
 				b.Fatal(err)
 			}
-			d += time.Since(start)
-		}
-		return d
+		})
 	}
 	// The receiver's delivery machinery alone, on the same records.
 	produce := func(from, n int) time.Duration {
@@ -191,20 +163,11 @@ func BenchmarkDeliver(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	n := float64(b.N * total)
-	mb := float64(int64(b.N)*bytes) / 1e6
-	b.ReportMetric(n/tr.Seconds(), "events/s")
-	b.ReportMetric(mb/tr.Seconds(), "MB/s")
-	b.ReportMetric(n/tw.Seconds(), "baseline-events/s")
-	b.ReportMetric(mb/tw.Seconds(), "baseline-MB/s")
-	b.ReportMetric(tw.Seconds()/tr.Seconds(), "ratio")
+	mb := float64(bytes) / 1e6
+	publishtest.ReportRates(b, total, mb, tr, tw)
 	// Without rendering: Deliver's produce path on the baseline's records.
 	b.ReportMetric(tw.Seconds()/tp.Seconds(), "produce-ratio")
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MB") // Linux: KiB
-	}
-	b.Logf("%d events, %.0f MB of records: receiver %v, bare Writer %v", total, mb/float64(b.N), tr/time.Duration(b.N), tw/time.Duration(b.N))
+	b.Logf("%d events, %.0f MB of records: receiver %v, bare Writer %v", total, mb, tr/time.Duration(b.N), tw/time.Duration(b.N))
 }
 
 // BenchmarkBuild is Deliver's own work, without a broker: routing and
@@ -215,7 +178,7 @@ func BenchmarkDeliver(b *testing.B) {
 //
 //	go test -run '^$' -bench BenchmarkBuild -benchtime 1x ./publish/kafka
 func BenchmarkBuild(b *testing.B) {
-	r := openReceiver(b, &testLog{t: b}, testConfig("127.0.0.1:1"))
+	r := openReceiver(b, publishtest.NewLog(b), testConfig("127.0.0.1:1"))
 	// The topic as if looked up: no broker needed.
 	r.topics["connector.hr.employee"] = &topicInfo{partitions: []int{0, 1, 2, 3, 4, 5}}
 	events := benchBatchEvents(b, 0, *benchBatch) // one batch over and over: no allocation in the loop

@@ -8,11 +8,12 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/os2sandbox/connector/configs"
+	"github.com/os2sandbox/connector/publish/publishtest"
 )
 
 func TestConfigDefaults(t *testing.T) {
 	// The dispatcher's own keys sit in the same mapping and are not ours.
-	s, err := decodeConfig(yamlNode(t, `
+	s, err := decodeConfig(publishtest.YAMLNode(t, `
 name: events
 type: kafka
 start: earliest
@@ -76,7 +77,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := decodeConfig(yamlNode(t, tt.yaml), "connector.yaml", "events")
+			_, err := decodeConfig(publishtest.YAMLNode(t, tt.yaml), "connector.yaml", "events")
 			if err == nil {
 				t.Fatal("no error")
 			}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/publishtest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -179,7 +180,7 @@ func TestTopicNotWritable(t *testing.T) {
 		if i%4 == 3 {
 			typ = "Secret"
 		}
-		events = append(events, ev(uint64(i+1), "hr", typ, "x"+itoa(i%5), history.OpCreate, 1))
+		events = append(events, publishtest.Event(uint64(i+1), "hr", typ, "x"+itoa(i%5), history.OpCreate, 1))
 	}
 	k.Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "connector.hr.secret", Err: kerr.TopicAuthorizationFailed, Count: -1})
 	var rejected []int

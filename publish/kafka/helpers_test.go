@@ -13,55 +13,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	kafkago "github.com/segmentio/kafka-go"
-	"go.yaml.in/yaml/v3"
 
+	"github.com/os2sandbox/connector/capture/capturetest"
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/publishtest"
 	"github.com/os2sandbox/connector/publish/render"
 	"github.com/os2sandbox/connector/testenv"
 )
-
-const installation = "0b6f1a52-5a0e-4c39-9d43-7f0c2a1e9b11"
-
-var tBase = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
-
-// ev builds a canonical event: object typ/id at version, with sequence seq.
-// The event id is derived from seq, as the agent derives it from the
-// change, so a redelivery carries the same id.
-func ev(seq uint64, source, typ, id, op string, version uint64) history.Event {
-	at := tBase.Add(time.Duration(seq) * time.Millisecond)
-	e := history.Event{
-		SchemaVersion: history.SchemaVersion,
-		EventID:       uuid.NewSHA1(uuid.NameSpaceOID, fmt.Appendf(nil, "%s/%d", source, seq)).String(),
-		Sequence:      seq,
-		Emission:      history.EmissionLive,
-		Source:        history.SourceRef{Name: source, Type: "postgres", ID: "postgres://7301/" + source, Epoch: 1, Position: fmt.Sprintf("0/%X", seq)},
-		Object:        history.ObjectRef{Type: typ, ID: id, Version: version},
-		Operation:     op,
-		ChangeKind:    history.KindAendring,
-		Bitemporal: history.Bitemporal{
-			RegistreringFra: history.At(at), Registreringsaktoer: "connector",
-			VirkningFra: history.At(at), Virkningsaktoer: source, VirkningKilde: "commit-time",
-		},
-		Classification: history.Classification{Dataclassification: "internal"},
-		Trace:          history.Trace{TransactionID: fmt.Sprintf("tx-%d", seq/10)},
-		ObservedAt:     history.At(at.Add(time.Millisecond)),
-		Integrity:      history.Integrity{ContentHash: fmt.Sprintf("h-%s-%d", id, version)},
-	}
-	img := map[string]any{"id": id, "name": fmt.Sprintf("%s %s v%d", typ, id, version), "version": float64(version)}
-	prev := map[string]any{"id": id, "name": fmt.Sprintf("%s %s v%d", typ, id, version-1), "version": float64(version - 1)}
-	switch op {
-	case history.OpCreate, history.OpSnapshot, history.OpUndelete:
-		e.After = img
-	case history.OpUpdate:
-		e.Before, e.After, e.Changed = prev, img, []string{"name", "version"}
-	case history.OpDelete:
-		e.Before, e.Reason = prev, history.ReasonDeletedInSource
-	}
-	return e
-}
 
 // objectHistory is the history of objects objects of type typ, each created and then updated
 // versions-1 times, interleaved round-robin, sequences from 1.
@@ -75,80 +35,22 @@ func objectHistory(source, typ string, objects, versions int) []history.Event {
 			if v == 1 {
 				op = history.OpCreate
 			}
-			out = append(out, ev(seq, source, typ, fmt.Sprintf("o%03d", o), op, uint64(v)))
+			out = append(out, publishtest.Event(seq, source, typ, fmt.Sprintf("o%03d", o), op, uint64(v)))
 		}
 	}
 	return out
 }
 
-// yamlNode parses a receiver's config entry.
-func yamlNode(t testing.TB, text string) *yaml.Node {
-	t.Helper()
-	var doc yaml.Node
-	if err := yaml.Unmarshal([]byte(text), &doc); err != nil {
-		t.Fatalf("test config: %v", err)
-	}
-	return doc.Content[0]
-}
-
 // openReceiver builds a receiver through the registered factory, as the
-// dispatcher does.
-func openReceiver(t testing.TB, log *testLog, config string) *Receiver {
+// dispatcher does; a nil log is publishtest.NewLog(t).
+func openReceiver(t testing.TB, log *capturetest.Log, config string) *Receiver {
 	t.Helper()
-	f, ok := publish.Lookup("kafka")
-	if !ok {
-		t.Fatal(`receiver type "kafka" is not registered`)
-	}
-	if log == nil {
-		log = &testLog{t: t}
-	}
-	r, err := f(yamlNode(t, config), publish.Options{Name: "events", InstallationID: installation, Log: log})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r.(*Receiver)
+	return publishtest.Open(t, "kafka", "events", log, config).(*Receiver)
 }
 
 // testConfig is a minimal receiver config for broker addr plus extra lines.
 func testConfig(addr string, extra ...string) string {
 	return "name: events\ntype: kafka\nbrokers: [" + addr + "]\n" + strings.Join(extra, "\n") + "\n"
-}
-
-// testLog is a publish.Logger that keeps what was logged.
-type testLog struct {
-	t     testing.TB
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *testLog) add(level, msg string, args []any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var b strings.Builder
-	b.WriteString(level + " " + msg)
-	for i := 0; i+1 < len(args); i += 2 {
-		fmt.Fprintf(&b, " %v=%v", args[i], args[i+1])
-	}
-	line := b.String()
-	l.lines = append(l.lines, line)
-	l.t.Log(line)
-}
-
-func (l *testLog) Info(msg string, args ...any)  { l.add("INFO", msg, args) }
-func (l *testLog) Warn(msg string, args ...any)  { l.add("WARN", msg, args) }
-func (l *testLog) Error(msg string, args ...any) { l.add("ERROR", msg, args) }
-func (l *testLog) Debug(msg string, args ...any) { l.add("DEBUG", msg, args) }
-
-func (l *testLog) contains(s string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, x := range l.lines {
-		if strings.Contains(x, s) {
-			return true
-		}
-	}
-	return false
 }
 
 // deliverAll delivers events the way the dispatcher does: in batches, and

@@ -13,6 +13,7 @@ import (
 
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/publishtest"
 	"github.com/os2sandbox/connector/publish/render"
 	"github.com/os2sandbox/connector/testenv"
 )
@@ -31,7 +32,7 @@ func lifecycle() []history.Event {
 	}
 	out := make([]history.Event, len(steps))
 	for i, s := range steps {
-		out[i] = ev(uint64(100+i), "hr", "Employee", s.id, s.op, s.version)
+		out[i] = publishtest.Event(uint64(100+i), "hr", "Employee", s.id, s.op, s.version)
 	}
 	return out
 }
@@ -77,7 +78,7 @@ func TestFormats(t *testing.T) {
 		}
 		return b
 	}
-	ce := render.CloudEvents{InstallationID: installation}
+	ce := render.CloudEvents{InstallationID: publishtest.Installation}
 	tests := []struct {
 		format string
 		id     func(kafkago.Message) string
@@ -89,7 +90,7 @@ func TestFormats(t *testing.T) {
 			e := byID[ceID(m)]
 			want := map[string]string{
 				"ce_specversion":        "1.0",
-				"ce_source":             "urn:connector:" + installation + ":postgres://7301/hr",
+				"ce_source":             "urn:connector:" + publishtest.Installation + ":postgres://7301/hr",
 				"ce_type":               "dk.os2sandbox.connector.employee." + e.Operation,
 				"ce_subject":            "Employee/" + e.Object.ID,
 				"ce_partitionkey":       "Employee/" + e.Object.ID,
@@ -356,7 +357,7 @@ func TestCreateTopics(t *testing.T) {
 // retryable error saying how to create it; once it exists, delivery works.
 func TestCreateTopicsDisabled(t *testing.T) {
 	k := testenv.NewKafka(t, testenv.KafkaOptions{AutoCreateTopics: true})
-	log := &testLog{t: t}
+	log := publishtest.NewLog(t)
 	r := openReceiver(t, log, testConfig(k.Addr, "topic: hr-events", "create_topics: {enabled: false, partitions: 2}"))
 	events := lifecycle()
 	err := r.Deliver(context.Background(), events)
@@ -408,13 +409,13 @@ func TestStateTopicNotCompacted(t *testing.T) {
 	if err != nil || res.Errors["connector.hr.employee.state"] != nil {
 		t.Fatal(err, res.Errors)
 	}
-	log := &testLog{t: t}
+	log := publishtest.NewLog(t)
 	r := openReceiver(t, log, testConfig(k.Addr, "state_topic: {enabled: true}"))
 	if err := r.Deliver(context.Background(), lifecycle()); err != nil {
 		t.Fatal(err)
 	}
-	if !log.contains("not compacted") || !log.contains("cleanup.policy=compact") {
-		t.Errorf("no warning about the uncompacted state topic; log: %v", log.lines)
+	if !log.Has("not compacted") || !log.Has("cleanup.policy=compact") {
+		t.Errorf("no warning about the uncompacted state topic; log: %v", log.Lines())
 	}
 }
 

@@ -1,13 +1,10 @@
 package kafka
 
 import (
-	"context"
-	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/publishtest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -26,56 +23,23 @@ func TestBrokerOutage(t *testing.T) {
 	r := openReceiver(t, nil, testConfig(k.Addr, "timeout: 2s", "create_topics: {partitions: 3}", "state_topic: {enabled: true}"))
 	events := objectHistory("hr", "Employee", 40, 75) // 3000 events
 
-	var next atomic.Int64
-	var failures atomic.Int64
-	result := make(chan error, 1)
-	go func() {
-		backoff := 50 * time.Millisecond
-		for n := 0; n < len(events); {
-			end := min(n+50, len(events))
-			err := r.Deliver(context.Background(), events[n:end])
-			var re *publish.RejectedError
-			switch {
-			case err == nil:
-				n = end
-				backoff = 50 * time.Millisecond
-				time.Sleep(5 * time.Millisecond) // a live feed, not a bulk load
-			case errors.As(err, &re):
-				result <- err
-				return
-			default:
-				failures.Add(1)
-				n += publish.Confirmed(err)
-				time.Sleep(backoff)
-				backoff = min(2*backoff, time.Second)
-			}
-			next.Store(int64(n))
-		}
-		result <- nil
-	}()
-
-	for next.Load() < int64(len(events)/3) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	// A live feed, not a bulk load.
+	feed := publishtest.StartFeed(t, r, events, 50, 5*time.Millisecond)
+	feed.WaitFor(t, int64(len(events)/3), time.Minute)
 	k.Stop()
-	stoppedAt := next.Load()
+	stoppedAt := feed.Next()
 	t.Logf("broker stopped after %d of %d events", stoppedAt, len(events))
 	time.Sleep(outage)
-	if got := next.Load(); got > stoppedAt+50 {
+	if got := feed.Next(); got > stoppedAt+50 {
 		t.Fatalf("%d events confirmed while the broker was down", got-stoppedAt)
 	}
-	failed := failures.Load()
+	failed := feed.Failures()
 	if err := k.Start(); err != nil {
 		t.Fatal(err)
 	}
 	restarted := time.Now()
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("delivery did not finish within 60 s of the restart (at %d of %d)", next.Load(), len(events))
+	if err := feed.Wait(60 * time.Second); err != nil {
+		t.Fatalf("after the restart: %v", err)
 	}
 	t.Logf("%d failed Deliver calls during the outage; all %d events confirmed %v after the restart", failed, len(events), time.Since(restarted).Round(time.Millisecond))
 	if failed == 0 {

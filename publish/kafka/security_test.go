@@ -29,6 +29,7 @@ import (
 	"github.com/os2sandbox/connector/configs"
 	"github.com/os2sandbox/connector/history"
 	"github.com/os2sandbox/connector/publish"
+	"github.com/os2sandbox/connector/publish/publishtest"
 	"github.com/os2sandbox/connector/testenv"
 )
 
@@ -238,10 +239,10 @@ func TestTLS(t *testing.T) {
 	})
 
 	t.Run("insecure_skip_verify works and is warned about", func(t *testing.T) {
-		log := &testLog{t: t}
+		log := publishtest.NewLog(t)
 		r := openReceiver(t, log, testConfig(k.Addr, "tls: {insecure_skip_verify: true, "+client+"}"))
-		if !log.contains("WARN") || !log.contains("verification is OFF") {
-			t.Errorf("no loud warning about insecure_skip_verify: %v", log.lines)
+		if !log.Has("WARN") || !log.Has("verification is OFF") {
+			t.Errorf("no loud warning about insecure_skip_verify: %v", log.Lines())
 		}
 		if err := r.Check(context.Background()); err != nil {
 			t.Fatalf("Check: %v", err)
@@ -299,7 +300,7 @@ func TestTLSConfigFiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f, _ := publish.Lookup("kafka")
-			_, err := f(yamlNode(t, testConfig("127.0.0.1:9092", "tls: "+tt.tls)), publish.Options{Name: "events", InstallationID: installation})
+			_, err := f(publishtest.YAMLNode(t, testConfig("127.0.0.1:9092", "tls: "+tt.tls)), publish.Options{Name: "events", InstallationID: publishtest.Installation})
 			if err == nil {
 				t.Fatal("New succeeded")
 			}
@@ -312,7 +313,7 @@ func TestTLSConfigFiles(t *testing.T) {
 	}
 	// A config error (as opposed to a file error) is a *configs.Error.
 	f, _ := publish.Lookup("kafka")
-	_, err := f(yamlNode(t, testConfig("127.0.0.1:9092", "tls: {cert_file: x}")), publish.Options{Name: "events", InstallationID: installation})
+	_, err := f(publishtest.YAMLNode(t, testConfig("127.0.0.1:9092", "tls: {cert_file: x}")), publish.Options{Name: "events", InstallationID: publishtest.Installation})
 	if !configs.IsConfigError(err) {
 		t.Errorf("half a client certificate: %T %v, want a config error", err, err)
 	}
@@ -340,7 +341,7 @@ func TestACL(t *testing.T) {
 		if i%3 == 1 {
 			typ = "Secret"
 		}
-		events = append(events, ev(uint64(i+1), "hr", typ, "x"+itoa(i%4), history.OpCreate, 1))
+		events = append(events, publishtest.Event(uint64(i+1), "hr", typ, "x"+itoa(i%4), history.OpCreate, 1))
 	}
 	var rejected []int
 	for next := 0; next < len(events); {
