@@ -158,12 +158,15 @@ func TestFordelerAMQPKill9(t *testing.T) {
 	mq := testenv.NewRabbitMQ(t, testenv.RabbitMQOptions{})
 	secret := filepath.Join(t.TempDir(), "amqp-password")
 	writeFile(t, secret, mq.Password+"\n")
-	bf := withFordelerAMQP(mq, "${file:"+secret+"}", "batch: 3", "rate: 200", "timeout: 3s", "retry: {initial: 50ms, max: 500ms}")
+	bf := withFordelerAMQP(mq, "${file:"+secret+"}", "batch: 3", "rate: 50", "timeout: 3s", "retry: {initial: 50ms, max: 500ms}")
 	dir := demoDir(t, withSmallOrgBatch(t, bf))
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
+	// At 50 events/s the demo's 625 events take about 12 s of delivery,
+	// so each of the 12 runs (0.7–2 s) ends mid-delivery; a kill counts
+	// once the run has saved its cursor (after a second of delivery).
 	const kills = 12
 	midDelivery := killDuringDelivery(t, dir, "bf", kills, func(int) time.Duration {
-		return time.Duration(300+rng.IntN(1500)) * time.Millisecond
+		return time.Duration(700+rng.IntN(1300)) * time.Millisecond
 	})
 	if r := run(t, dir, "run", "--once", "-c", "demo.yaml"); r.code != 0 {
 		t.Fatalf("final run: %s", r.stderr)
