@@ -297,24 +297,10 @@ type template struct {
 }
 
 func parseTemplate(raw string) (template, error) {
-	t := template{raw: raw}
-	rest := raw
-	for rest != "" {
-		i := strings.IndexByte(rest, '{')
-		if i < 0 {
-			t.parts = append(t.parts, rest)
-			break
-		}
-		j := strings.IndexByte(rest[i:], '}')
-		if j < 0 {
-			return t, fmt.Errorf("%q has an unclosed {", raw)
-		}
-		ph := rest[i : i+j+1]
-		if ph != "{source}" && ph != "{type}" {
-			return t, fmt.Errorf("unknown placeholder %s in %q", ph, raw)
-		}
-		t.parts = append(t.parts, rest[:i], ph)
-		rest = rest[i+j+1:]
+	parts, err := render.SplitTemplate(raw, "{source}", "{type}")
+	t := template{raw: raw, parts: parts}
+	if err != nil {
+		return t, err
 	}
 	for _, p := range t.parts {
 		if p == "{source}" || p == "{type}" {
