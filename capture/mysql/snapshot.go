@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -271,11 +272,7 @@ func removeFence(fs []fence, table string) []fence {
 
 func mergeDescs(old, add map[string][]colDesc) map[string][]colDesc {
 	out := make(map[string][]colDesc, len(old)+len(add))
-	for k, v := range old {
-		out[k] = v
-	}
-	for k, v := range add {
-		out[k] = v
-	}
+	maps.Copy(out, old)
+	maps.Copy(out, add)
 	return out
 }

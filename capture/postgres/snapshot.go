@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -323,11 +324,7 @@ func keepFences(fs []fence, p pglogrepl.LSN) []fence {
 
 func mergeDescs(old, add map[string][]colDesc) map[string][]colDesc {
 	out := make(map[string][]colDesc, len(old)+len(add))
-	for k, v := range old {
-		out[k] = v
-	}
-	for k, v := range add {
-		out[k] = v
-	}
+	maps.Copy(out, old)
+	maps.Copy(out, add)
 	return out
 }
