@@ -338,31 +338,3 @@ func describe(t *tableInfo) []colDesc {
 	}
 	return out
 }
-
-// describeChange says how a table's columns changed ("" if they did not).
-func describeChange(old, cur []colDesc) string {
-	var parts []string
-	oldBy := map[string]colDesc{}
-	for _, c := range old {
-		oldBy[c.Name] = c
-	}
-	curBy := map[string]colDesc{}
-	for _, c := range cur {
-		curBy[c.Name] = c
-	}
-	for _, c := range cur {
-		o, ok := oldBy[c.Name]
-		switch {
-		case !ok:
-			parts = append(parts, fmt.Sprintf("added column %s (%s)", c.Name, c.Type))
-		case o.Type != c.Type:
-			parts = append(parts, fmt.Sprintf("column %s changed type from %s to %s", c.Name, o.Type, c.Type))
-		}
-	}
-	for _, c := range old {
-		if _, ok := curBy[c.Name]; !ok {
-			parts = append(parts, fmt.Sprintf("dropped column %s", c.Name))
-		}
-	}
-	return strings.Join(parts, "; ")
-}

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // checkpoint is the source's resume state, stored by the engine with every
@@ -54,10 +56,7 @@ type fence struct {
 	At    string `json:"at"`
 }
 
-type colDesc struct {
-	Name string `json:"name"`
-	Type string `json:"type"`
-}
+type colDesc = sqltable.Column
 
 const checkpointVersion = 1
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strings"
 	"time"
 
@@ -163,7 +162,7 @@ func (s *Source) readSnapshot(ctx context.Context, sink capture.Sink, k *consist
 		done.GTID, done.File, done.Pos, done.Tx, done.Fences = k.At.String(), k.File, k.Pos, nil, nil
 	}
 	done.Captured = sqltable.Union(done.Captured, sp.Tables)
-	done.Tables = mergeDescs(done.Tables, descs)
+	done.Tables = sqltable.MergeColumns(done.Tables, descs)
 	b := capture.Batch{TransactionID: "snapshot:" + sp.ID, Snapshot: mark(), Checkpoint: done.encode()}
 	b.Snapshot.End = true
 	if err := apply(b); err != nil {
@@ -267,12 +266,5 @@ func removeFence(fs []fence, table string) []fence {
 			out = append(out, f)
 		}
 	}
-	return out
-}
-
-func mergeDescs(old, add map[string][]colDesc) map[string][]colDesc {
-	out := make(map[string][]colDesc, len(old)+len(add))
-	maps.Copy(out, old)
-	maps.Copy(out, add)
 	return out
 }

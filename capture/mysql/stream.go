@@ -17,6 +17,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 var (
@@ -589,7 +590,7 @@ func (st *streamer) refresh(name string) {
 	}
 	desc := describe(t)
 	if old, ok := st.cp.Tables[name]; ok {
-		if change := describeChange(old, desc); change != "" {
+		if change := sqltable.DescribeChange(old, desc); change != "" {
 			st.s.log.Info("table definition changed; capturing the new columns from this point of the stream", "source", st.s.name,
 				"table", name, "change", change, "gtid", txID(st.tx))
 		}
@@ -597,5 +598,5 @@ func (st *streamer) refresh(name string) {
 	if len(t.Key) == 0 {
 		st.s.log.Warn("a captured table has no key any more; add a primary key or configure keys:", "source", st.s.name, "table", name)
 	}
-	st.cp.Tables = mergeDescs(st.cp.Tables, map[string][]colDesc{name: desc})
+	st.cp.Tables = sqltable.MergeColumns(st.cp.Tables, map[string][]colDesc{name: desc})
 }

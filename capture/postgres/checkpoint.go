@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 // checkpoint is the source's resume state, stored by the engine with every
@@ -71,10 +73,7 @@ type fence struct {
 	LSN   string    `json:"lsn"`
 }
 
-type colDesc struct {
-	Name string `json:"name"`
-	Type string `json:"type"`
-}
+type colDesc = sqltable.Column
 
 const checkpointVersion = 1
 

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"maps"
 	"strings"
 	"time"
 
@@ -201,7 +200,7 @@ func (s *Source) readSnapshot(ctx context.Context, sink capture.Sink, exp *expor
 	}
 	done.Fences = append(keepFences(done.Fences, p), fencesFor(sp, p)...)
 	done.Captured = sqltable.Union(done.Captured, sp.Tables)
-	done.Tables = mergeDescs(done.Tables, descs)
+	done.Tables = sqltable.MergeColumns(done.Tables, descs)
 	b := capture.Batch{TransactionID: "snapshot:" + sp.ID, Snapshot: mark(), Checkpoint: done.encode()}
 	b.Snapshot.End = true
 	if err := apply(b); err != nil {
@@ -319,12 +318,5 @@ func keepFences(fs []fence, p pglogrepl.LSN) []fence {
 			out = append(out, f)
 		}
 	}
-	return out
-}
-
-func mergeDescs(old, add map[string][]colDesc) map[string][]colDesc {
-	out := make(map[string][]colDesc, len(old)+len(add))
-	maps.Copy(out, old)
-	maps.Copy(out, add)
 	return out
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/os2sandbox/connector/capture"
+	"github.com/os2sandbox/connector/capture/sqltable"
 )
 
 var (
@@ -930,7 +931,7 @@ func (st *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) 
 		desc[i] = colDesc{Name: c.name, Type: names[i]}
 	}
 	if old, ok := st.cp.Tables[table]; ok {
-		if change := describeChange(old, desc); change != "" {
+		if change := sqltable.DescribeChange(old, desc); change != "" {
 			st.s.log.Info("table definition changed; capturing the new columns from this point of the stream", "source", st.s.name,
 				"table", table, "change", change, "xid", txXid(st.tx))
 			// The key may have changed too.
@@ -944,8 +945,8 @@ func (st *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) 
 			}
 		}
 	}
-	if old, ok := st.cp.Tables[table]; !ok || describeChange(old, desc) != "" {
-		st.cp.Tables = mergeDescs(st.cp.Tables, map[string][]colDesc{table: desc})
+	if old, ok := st.cp.Tables[table]; !ok || sqltable.DescribeChange(old, desc) != "" {
+		st.cp.Tables = sqltable.MergeColumns(st.cp.Tables, map[string][]colDesc{table: desc})
 	}
 	if t := st.srv.Tables[table]; t != nil {
 		for _, k := range t.Key {
@@ -974,45 +975,4 @@ func txXid(tx *txState) uint32 {
 		return 0
 	}
 	return tx.xid
-}
-
-// describeChange says how a table's columns changed ("" if they did not).
-func describeChange(old, cur []colDesc) string {
-	var parts []string
-	oldBy := map[string]colDesc{}
-	for _, c := range old {
-		oldBy[c.Name] = c
-	}
-	curBy := map[string]colDesc{}
-	for _, c := range cur {
-		curBy[c.Name] = c
-	}
-	renamed := map[string]bool{}
-	for i, c := range old {
-		if _, ok := curBy[c.Name]; ok || i >= len(cur) {
-			continue
-		}
-		if n := cur[i]; n.Type == c.Type {
-			if _, existed := oldBy[n.Name]; !existed {
-				parts = append(parts, fmt.Sprintf("renamed column %s to %s", c.Name, n.Name))
-				renamed[c.Name], renamed[n.Name] = true, true
-			}
-		}
-	}
-	for _, c := range cur {
-		o, ok := oldBy[c.Name]
-		switch {
-		case renamed[c.Name]:
-		case !ok:
-			parts = append(parts, fmt.Sprintf("added column %s (%s)", c.Name, c.Type))
-		case o.Type != c.Type:
-			parts = append(parts, fmt.Sprintf("column %s changed type from %s to %s", c.Name, o.Type, c.Type))
-		}
-	}
-	for _, c := range old {
-		if _, ok := curBy[c.Name]; !ok && !renamed[c.Name] {
-			parts = append(parts, fmt.Sprintf("dropped column %s", c.Name))
-		}
-	}
-	return strings.Join(parts, "; ")
 }

@@ -275,7 +275,7 @@ func TestSchemaChange(t *testing.T) {
 		}
 	}
 	cp, _ := decodeCheckpoint(sink.Checkpoint())
-	if got := cp.Tables["public.p"]; !reflect.DeepEqual(got, []colDesc{{"id", "bigint"}, {"full_name", "text"}, {"email", "text"}}) {
+	if got := cp.Tables["public.p"]; !reflect.DeepEqual(got, []colDesc{{Name: "id", Type: "bigint"}, {Name: "full_name", Type: "text"}, {Name: "email", Type: "text"}}) {
 		t.Errorf("recorded description = %+v", got)
 	}
 }

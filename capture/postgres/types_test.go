@@ -70,25 +70,6 @@ func TestDecodeBuiltin(t *testing.T) {
 	}
 }
 
-func TestDescribeChange(t *testing.T) {
-	base := []colDesc{{"id", "integer"}, {"name", "text"}, {"age", "integer"}}
-	tests := []struct {
-		cur  []colDesc
-		want string
-	}{
-		{base, ""},
-		{[]colDesc{{"id", "integer"}, {"name", "text"}, {"age", "integer"}, {"email", "text"}}, "added column email (text)"},
-		{[]colDesc{{"id", "integer"}, {"name", "text"}}, "dropped column age"},
-		{[]colDesc{{"id", "integer"}, {"full_name", "text"}, {"age", "integer"}}, "renamed column name to full_name"},
-		{[]colDesc{{"id", "integer"}, {"name", "text"}, {"age", "bigint"}}, "column age changed type from integer to bigint"},
-	}
-	for _, tt := range tests {
-		if got := describeChange(base, tt.cur); got != tt.want {
-			t.Errorf("describeChange(%v) = %q, want %q", tt.cur, got, tt.want)
-		}
-	}
-}
-
 func TestFencesFor(t *testing.T) {
 	k := func(s string) []*string { return []*string{&s} }
 	sp := &snapProgress{Tables: []string{"s.a", "s.b", "s.c"}, Segments: []segment{

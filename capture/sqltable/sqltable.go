@@ -5,6 +5,7 @@ package sqltable
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -104,5 +105,64 @@ func Missing(want, have []string) []string {
 			out = append(out, w)
 		}
 	}
+	return out
+}
+
+// Column describes a table's column as last seen, to report schema
+// changes (kept in the SQL sources' checkpoints).
+type Column struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+}
+
+// DescribeChange says how a table's columns changed from old to cur
+// ("added column x (text); renamed column a to b; dropped column y"),
+// or "" if they did not.
+func DescribeChange(old, cur []Column) string {
+	var parts []string
+	oldBy := map[string]Column{}
+	for _, c := range old {
+		oldBy[c.Name] = c
+	}
+	curBy := map[string]Column{}
+	for _, c := range cur {
+		curBy[c.Name] = c
+	}
+	renamed := map[string]bool{}
+	for i, c := range old {
+		if _, ok := curBy[c.Name]; ok || i >= len(cur) {
+			continue
+		}
+		if n := cur[i]; n.Type == c.Type {
+			if _, existed := oldBy[n.Name]; !existed {
+				parts = append(parts, fmt.Sprintf("renamed column %s to %s", c.Name, n.Name))
+				renamed[c.Name], renamed[n.Name] = true, true
+			}
+		}
+	}
+	for _, c := range cur {
+		o, ok := oldBy[c.Name]
+		switch {
+		case renamed[c.Name]:
+		case !ok:
+			parts = append(parts, fmt.Sprintf("added column %s (%s)", c.Name, c.Type))
+		case o.Type != c.Type:
+			parts = append(parts, fmt.Sprintf("column %s changed type from %s to %s", c.Name, o.Type, c.Type))
+		}
+	}
+	for _, c := range old {
+		if _, ok := curBy[c.Name]; !ok && !renamed[c.Name] {
+			parts = append(parts, fmt.Sprintf("dropped column %s", c.Name))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// MergeColumns returns old with the tables of add replaced or added; old
+// is not changed (checkpoints share it).
+func MergeColumns(old, add map[string][]Column) map[string][]Column {
+	out := make(map[string][]Column, len(old)+len(add))
+	maps.Copy(out, old)
+	maps.Copy(out, add)
 	return out
 }

@@ -83,3 +83,22 @@ func TestUnionMissing(t *testing.T) {
 		}
 	}
 }
+
+func TestDescribeChange(t *testing.T) {
+	base := []Column{{Name: "id", Type: "integer"}, {Name: "name", Type: "text"}, {Name: "age", Type: "integer"}}
+	tests := []struct {
+		cur  []Column
+		want string
+	}{
+		{base, ""},
+		{[]Column{{Name: "id", Type: "integer"}, {Name: "name", Type: "text"}, {Name: "age", Type: "integer"}, {Name: "email", Type: "text"}}, "added column email (text)"},
+		{[]Column{{Name: "id", Type: "integer"}, {Name: "name", Type: "text"}}, "dropped column age"},
+		{[]Column{{Name: "id", Type: "integer"}, {Name: "full_name", Type: "text"}, {Name: "age", Type: "integer"}}, "renamed column name to full_name"},
+		{[]Column{{Name: "id", Type: "integer"}, {Name: "name", Type: "text"}, {Name: "age", Type: "bigint"}}, "column age changed type from integer to bigint"},
+	}
+	for _, tt := range tests {
+		if got := DescribeChange(base, tt.cur); got != tt.want {
+			t.Errorf("DescribeChange(%v) = %q, want %q", tt.cur, got, tt.want)
+		}
+	}
+}
