@@ -223,20 +223,25 @@ func (a *app) openState(readOnly bool) error {
 // or, releasing pages still in use, costs time: on a 100k-object first
 // load every 50 ms doubled it.)
 func (a *app) trimMemory(ctx context.Context) {
-	go func() {
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if _, err := a.db.TrimMemory(trimLimit); err != nil {
-					a.log.Debug("release mapped state pages", "error", err)
-				}
-			}
+	go every(ctx, 50*time.Millisecond, func() {
+		if _, err := a.db.TrimMemory(trimLimit); err != nil {
+			a.log.Debug("release mapped state pages", "error", err)
 		}
-	}()
+	})
+}
+
+// every calls fn every d until ctx is done.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
+	}
 }
 
 // trimLimit is how much of the state file may stay mapped in RSS.

@@ -16,19 +16,8 @@ func (a *app) compactEvery(ctx context.Context) {
 	if a.cfg.Retention.Log <= 0 {
 		return
 	}
-	every := min(max(a.cfg.Retention.Log/24, time.Minute), time.Hour)
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				a.compactLog(ctx)
-			}
-		}
-	}()
+	interval := min(max(a.cfg.Retention.Log/24, time.Minute), time.Hour)
+	go every(ctx, interval, func() { a.compactLog(ctx) })
 }
 
 // compactLog runs one compaction pass; a failure is logged, and the next
