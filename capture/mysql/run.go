@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,16 +30,12 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 	}
 	defer stop()
 
-	delay := time.Duration(0)
+	var backoff capture.Backoff
 	var req *capture.SnapshotRequest
 	broken := ""
 	for {
-		if delay > 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(delay):
-			}
+		if !backoff.Wait(ctx) {
+			return nil
 		}
 		started := time.Now()
 		next, pending, err := s.session(ctx, cp, sink, reqs, req, broken)
@@ -56,10 +51,11 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 		case err == nil || errors.Is(err, errStop):
 			return nil
 		case errors.Is(err, errPause):
-			delay = 0
+			backoff.Reset()
 			continue
 		case errors.As(err, &b):
-			broken, delay = b.reason, 0
+			broken = b.reason
+			backoff.Reset()
 			continue
 		case !isTransient(err) || s.opts.Once:
 			if req != nil {
@@ -67,11 +63,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 			}
 			return err
 		}
-		if progressed || time.Since(started) > time.Minute {
-			delay = 0
-		}
-		delay = min(max(2*delay, 500*time.Millisecond), 30*time.Second)
-		delay += time.Duration(rand.Int64N(int64(delay / 5)))
+		delay := backoff.Failed(started, progressed)
 		s.log.Warn("replication interrupted; reconnecting", "source", s.name, "error", err, "retry_in", delay.Round(time.Millisecond).String(),
 			"resume_gtid", cp.GTID)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -29,15 +28,11 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 	}
 	defer stop()
 
-	delay := time.Duration(0)
+	var backoff capture.Backoff
 	var req *capture.SnapshotRequest
-	for attempt := 0; ; attempt++ {
-		if delay > 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(delay):
-			}
+	for {
+		if !backoff.Wait(ctx) {
+			return nil
 		}
 		started := time.Now()
 		next, pending, err := s.session(ctx, cp, sink, reqs, req)
@@ -52,7 +47,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 		case err == nil || errors.Is(err, errStop):
 			return nil // Once: caught up
 		case errors.Is(err, errPause):
-			delay, attempt = 0, -1
+			backoff.Reset()
 			continue
 		case !isTransient(err) || s.opts.Once:
 			if req != nil {
@@ -60,11 +55,7 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 			}
 			return err
 		}
-		if progressed || time.Since(started) > time.Minute {
-			delay = 0
-		}
-		delay = min(max(2*delay, 500*time.Millisecond), 30*time.Second)
-		delay += time.Duration(rand.Int64N(int64(delay / 5)))
+		delay := backoff.Failed(started, progressed)
 		s.log.Warn("replication interrupted; reconnecting", "source", s.name, "error", err, "retry_in", delay.Round(time.Millisecond).String(),
 			"resume_lsn", cp.LSN)
 	}
