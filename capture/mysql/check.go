@@ -61,16 +61,31 @@ type colInfo struct {
 // Check tests the connection, the server settings, the privileges and the
 // tables; the error lists every problem with its fix.
 func (s *Source) Check(ctx context.Context) error {
+	c, _, err := s.open(ctx)
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return nil
+}
+
+// open connects and checks the server; what the checks find is an error
+// listing every problem with its fix.
+func (s *Source) open(ctx context.Context) (*client.Conn, *server, error) {
 	c, err := s.connect(ctx)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer c.Close()
-	_, problems, err := s.inspect(ctx, c)
+	srv, problems, err := s.inspect(ctx, c)
+	if err == nil {
+		err = errors.Join(problems...)
+	}
 	if err != nil {
-		return err
+		c.Close()
+		return nil, nil, err
 	}
-	return errors.Join(problems...)
+	s.setID(srv)
+	return c, srv, nil
 }
 
 func (s *Source) where() string { return fmt.Sprintf("mysql source %q", s.name) }

@@ -73,19 +73,11 @@ func (s *Source) Run(ctx context.Context, checkpoint []byte, sink capture.Sink) 
 // streams until an error, a stop, or a snapshot request. It returns the
 // last durable checkpoint. broken is a continuity break the stream found.
 func (s *Source) session(ctx context.Context, cp checkpoint, sink capture.Sink, reqs <-chan *capture.SnapshotRequest, req *capture.SnapshotRequest, broken string) (checkpoint, *capture.SnapshotRequest, error) {
-	meta, err := s.connect(ctx)
+	meta, srv, err := s.open(ctx)
 	if err != nil {
 		return cp, req, err
 	}
 	defer meta.Close()
-	srv, problems, err := s.inspect(ctx, meta)
-	if err != nil {
-		return cp, req, err
-	}
-	if len(problems) > 0 {
-		return cp, req, errors.Join(problems...)
-	}
-	s.setID(srv)
 
 	breakReason := broken
 	fresh := cp.GTID == "" && cp.Snapshot == nil
@@ -237,19 +229,11 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 	if handled, err := s.runs.Handoff(ctx, sink); handled {
 		return err
 	}
-	meta, err := s.connect(ctx)
+	meta, srv, err := s.open(ctx)
 	if err != nil {
 		return err
 	}
 	defer meta.Close()
-	srv, problems, err := s.inspect(ctx, meta)
-	if err != nil {
-		return err
-	}
-	if len(problems) > 0 {
-		return errors.Join(problems...)
-	}
-	s.setID(srv)
 	k, err := s.openConsistent(ctx)
 	if err != nil {
 		return err
