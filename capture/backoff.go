@@ -20,7 +20,12 @@ func (b *Backoff) Wait(ctx context.Context) bool {
 	if b.delay <= 0 {
 		return true
 	}
-	t := time.NewTimer(b.delay)
+	return Sleep(ctx, b.delay)
+}
+
+// Sleep waits d; false if ctx ended first.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

@@ -165,7 +165,7 @@ func (s *Source) Run(ctx context.Context, stored []byte, sink capture.Sink) erro
 			if s.opts.Once {
 				return nil
 			}
-			if !sleep(ctx, s.cfg.PollInterval) {
+			if !capture.Sleep(ctx, s.cfg.PollInterval) {
 				return nil
 			}
 			continue
@@ -182,21 +182,10 @@ func (s *Source) Run(ctx context.Context, stored []byte, sink capture.Sink) erro
 			return err
 		}
 		s.log.Warn("ldap cycle failed; retrying on a new connection", "source", s.cfg.Name, "err", err, "retry_in", delay)
-		if !sleep(ctx, delay) {
+		if !capture.Sleep(ctx, delay) {
 			return nil
 		}
 		delay = min(2*delay, time.Minute)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -339,7 +328,7 @@ func (s *Source) Snapshot(ctx context.Context, sink capture.Sink) error {
 		}
 		s.disconnect()
 		s.log.Warn("snapshot failed; retrying", "source", s.cfg.Name, "err", err)
-		if !sleep(ctx, time.Duration(attempt)*s.retry) {
+		if !capture.Sleep(ctx, time.Duration(attempt)*s.retry) {
 			return ctx.Err()
 		}
 	}
